@@ -1,0 +1,394 @@
+"""The ``vobiz-harvest`` command line: harvest, sim, demo, get, accounts, probe-dates.
+
+Every error an operator can cause ends as one line on stderr and an exit code, never a
+traceback: see :mod:`harvester.errors` for the codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NoReturn
+
+import orjson
+
+from harvester import __version__
+from harvester.config import (
+    DEFAULT_BASE_URL,
+    HarvestConfig,
+    check_base_url,
+    parse_date,
+    parse_rate,
+    validate,
+)
+from harvester.endpoints import FILTER_FLAGS, SCOPES
+from harvester.errors import EXIT_USAGE, HarvestError, UsageError
+
+PROG = "vobiz-harvest"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+# -- the harvest command -------------------------------------------------------------------
+def _add_source(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("source and credentials")
+    g.add_argument(
+        "--base-url",
+        default=os.environ.get("VOBIZ_BASE_URL", DEFAULT_BASE_URL),
+        help="API base URL (env VOBIZ_BASE_URL; default %(default)s)",
+    )
+    g.add_argument(
+        "--auth-id",
+        default=os.environ.get("VOBIZ_AUTH_ID", ""),
+        help="X-Auth-ID: partner id, or account id for --scope account (env VOBIZ_AUTH_ID)",
+    )
+    g.add_argument(
+        "--auth-token",
+        default=None,
+        help="X-Auth-Token (env VOBIZ_AUTH_TOKEN; prefer --auth-token-file or the env, "
+        "which keep it out of ps)",
+    )
+    g.add_argument("--auth-token-file", type=Path, default=None, help="read the token from this file")
+    g.add_argument(
+        "--insecure", action="store_true", help="allow a plain-http base URL to a non-loopback host"
+    )
+    g.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    g.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to connect (default 10)")
+    g.add_argument("--retries", type=int, default=8, help="retries per request (default 8)")  # fmt: skip
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.auth_token_file is not None:
+        try:
+            return args.auth_token_file.read_text().strip()
+        except OSError as e:
+            raise UsageError(f"--auth-token-file {args.auth_token_file}: {e.strerror}") from None
+    return args.auth_token or os.environ.get("VOBIZ_AUTH_TOKEN", "")
+
+
+def _harvest_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "harvest",
+        help="harvest CDRs into a Parquet lake",
+        description="Harvest every CDR of a date range into Hive-partitioned Parquet.",
+    )
+    _add_source(p)
+    g = p.add_argument_group("what to harvest")
+    g.add_argument(
+        "--scope",
+        default="partner",
+        help="partner (each customer via /partner/accounts/{id}/cdrs), global "
+        "(/partner/cdrs) or account (/Account/{auth_id}/cdr); default partner",
+    )
+    g.add_argument(
+        "--customer",
+        action="append",
+        default=[],
+        metavar="AUTH_ID",
+        help="a customer auth_id (repeatable); default: every account in the listing",
+    )
+    g.add_argument("--start-date", help="first day, YYYY-MM-DD (default: yesterday, UTC)")
+    g.add_argument("--end-date", help="last day, inclusive (default: --start-date or yesterday)")
+    g.add_argument(
+        "--lookback",
+        type=int,
+        default=0,
+        help="also re-check the N days before --start-date (probe page 1 of each "
+        "committed shard; re-harvest only what changed)",
+    )
+    g.add_argument("--refresh", action="store_true", help="re-harvest committed shards too")
+    g.add_argument("--yes", action="store_true", help="allow a range longer than 366 days")
+    f = p.add_argument_group("API filters (passed through to the API)")
+    f.add_argument("--call-direction", help="inbound or outbound")
+    f.add_argument("--status", help="answered, failed, busy or no_answer")
+    f.add_argument("--hangup-cause", help="e.g. NORMAL_CLEARING")
+    f.add_argument("--min-duration", type=int, help="seconds")
+    f.add_argument("--from-number", help="caller number (substring or E.164)")
+    f.add_argument("--to-number", help="destination number (substring or E.164)")
+    t = p.add_argument_group("throughput")
+    t.add_argument(
+        "--rate",
+        default="auto",
+        help="requests/s for this credential: a number, 'auto' (find the server's "
+        "limit; default) or 'unlimited'",
+    )
+    t.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    t.add_argument("--per-page", type=int, default=100, help="records per page, 1-100 (default 100)")
+    t.add_argument(
+        "--max-runtime",
+        type=float,
+        default=None,
+        help="stop cleanly after this many seconds (committed shards kept; exit 1)",
+    )
+    c = p.add_argument_group("completeness")
+    c.add_argument(
+        "--verify-attempts",
+        type=int,
+        default=3,
+        help="fetches of a shard before it is declared unverified (default 3)",
+    )
+    c.add_argument(
+        "--strict-sums",
+        action="store_true",
+        help="a shard whose sums differ from the API summary is unverified",
+    )
+    c.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="exit 0 even if some shards could not be proven complete (still reported)",
+    )
+    o = p.add_argument_group("output")
+    o.add_argument(
+        "--out", type=Path, default=Path("vobiz-lake"), help="lake directory (default ./vobiz-lake)"
+    )
+    o.add_argument("--json", action="store_true", help="print the run summary as one JSON object on stdout")
+    _add_logging(o)  # fmt: skip
+
+
+def _add_logging(g: Any) -> None:
+    g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--quiet", "-q", action="store_true", help="no summary table on stderr")
+
+
+def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> HarvestConfig:
+    """Flags and environment → a validated :class:`HarvestConfig`."""
+    today = today or _utc_today()
+    yesterday = today - dt.timedelta(days=1)
+    start = parse_date(args.start_date, "--start-date") if args.start_date else None
+    end = parse_date(args.end_date, "--end-date") if args.end_date else None
+    if start is None:
+        start = end if end is not None and end < yesterday else yesterday
+    if end is None:
+        end = max(start, yesterday) if args.start_date else start
+    filters: dict[str, str] = {}
+    for name in FILTER_FLAGS:
+        value = getattr(args, name)
+        if value is not None and value != "":
+            filters[name] = str(value)
+    if "status" in filters:
+        filters["status"] = filters["status"].replace("-", "_")
+    if args.min_duration is not None and args.min_duration < 0:
+        raise UsageError(f"--min-duration {args.min_duration} is negative: use 0 or more seconds")
+    cfg = HarvestConfig(
+        base_url=check_base_url(args.base_url, args.insecure),
+        auth_id=args.auth_id,
+        auth_token=_token(args),
+        out=args.out,
+        start_date=start,
+        end_date=end,
+        today=today,
+        scope=args.scope,
+        customers=tuple(args.customer),
+        rate=parse_rate(args.rate),
+        concurrency=args.concurrency,
+        per_page=args.per_page,
+        filters=MappingProxyType(filters),
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        retries=args.retries,
+        verify_attempts=args.verify_attempts,
+        strict_sums=args.strict_sums,
+        allow_unverified=args.allow_unverified,
+        lookback=args.lookback,
+        refresh=args.refresh,
+        max_runtime=args.max_runtime,
+    )
+    return validate(cfg, yes=args.yes)
+
+
+def _emit(rep: dict[str, Any], args: argparse.Namespace) -> int:
+    from harvester import report
+
+    if args.json:
+        sys.stdout.write(orjson.dumps(rep).decode() + "\n")
+    if not args.quiet:
+        sys.stderr.write(report.render(rep) + "\n")
+    return int(rep["exit_code"])
+
+
+def cmd_harvest(args: argparse.Namespace) -> int:
+    from harvester.run import harvest
+
+    cfg = harvest_config(args)
+    rep = asyncio.run(harvest(cfg))
+    return _emit(rep, args)
+
+
+# -- the simulator and the demo ------------------------------------------------------------
+def _sim_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "sim",
+        help="serve the Vobiz API simulator",
+        description="Serve a simulated Vobiz CDR API on loopback.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    _add_sim_data(p)  # fmt: skip
+
+
+def _add_sim_data(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("simulated data and behaviour")
+    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--customers", type=int, default=5)
+    g.add_argument("--days", type=int, default=7)
+    g.add_argument(
+        "--calls-per-day",
+        type=int,
+        default=500,
+        help="mean calls per customer and day (varies ±40%%)",
+    )
+    g.add_argument("--end-date", default=None, help="last simulated day (default: yesterday UTC)")
+    g.add_argument("--rate-limit", type=float, default=None, help="requests/s per credential (429 beyond)")
+    g.add_argument("--burst", type=int, default=None, help="token-bucket size of the rate limit")
+    g.add_argument("--latency-ms", type=float, default=0.0)
+    g.add_argument("--max-per-page", type=int, default=100, help="grant at most this many per page")
+    g.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that fail")
+    g.add_argument("--fault-seed", type=int, default=1)
+    g.add_argument(
+        "--drift",
+        type=float,
+        default=0.0,
+        metavar="CALLS_PER_S",
+        help="new calls per second arriving on the current UTC day",
+    )
+    g.add_argument("--partner-id", default="PA_SIMULATOR")
+    g.add_argument("--partner-token", default="sim-partner-token")  # fmt: skip
+
+
+def _sim_config(args: argparse.Namespace) -> Any:
+    from harvester.sim import Dataset, SimConfig
+
+    end = parse_date(args.end_date, "--end-date") if args.end_date else _utc_today() - dt.timedelta(days=1)
+    data = Dataset(
+        seed=args.seed,
+        customers=args.customers,
+        days=args.days,
+        calls_per_day=args.calls_per_day,
+        end_date=end,
+    )
+    return SimConfig(dataset=data, auth_id=args.partner_id, auth_token=args.partner_token,
+                     rate_limit=args.rate_limit, burst=args.burst, latency_ms=args.latency_ms,
+                     max_per_page=args.max_per_page, fault_rate=args.fault_rate,
+                     fault_seed=args.fault_seed, drift_per_second=args.drift)  # fmt: skip
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from harvester.sim import Simulator
+
+    async def serve() -> None:
+        sim = Simulator(_sim_config(args))
+        url = await sim.start(args.host, args.port)
+        d = sim.data
+        print(
+            f"Vobiz API simulator on {url}: {d.customers} customers, days "
+            f"{d.day_list[0]}..{d.day_list[-1]}, partner id {sim.config.auth_id}",
+            flush=True,
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await sim.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from harvester.demo import demo
+
+    return demo(args.out, args.json)
+
+
+# -- single lookups --------------------------------------------------------------------------
+def _lookup_parser(sub: Any) -> None:
+    p = sub.add_parser("get", help="fetch one CDR by uuid", description="Fetch one CDR by its uuid.")
+    p.add_argument("uuid")
+    p.add_argument(
+        "--customer",
+        required=False,
+        metavar="AUTH_ID",
+        help="the customer's auth_id (partner endpoint); omit with --scope account",
+    )
+    p.add_argument("--scope", default="partner", choices=["partner", "account"])
+    p.add_argument("--format", default="json", choices=["json", "table"])
+    _add_source(p)
+    a = sub.add_parser(
+        "accounts",
+        help="list the partner's customers",
+        description="List the partner's customers (never their tokens).",
+    )
+    a.add_argument("--json", action="store_true")
+    _add_source(a)
+    d = sub.add_parser(
+        "probe-dates",
+        help="show how the server buckets one day",
+        description="Fetch one day and report the earliest and latest start_time "
+        "returned, to see which time zone the API's day filter uses.",
+    )
+    d.add_argument("--date", required=True, help="YYYY-MM-DD")
+    d.add_argument("--scope", default="partner", choices=list(SCOPES))
+    d.add_argument("--customer", metavar="AUTH_ID", help="customer (partner scope); default: the first")
+    d.add_argument("--json", action="store_true")
+    _add_source(d)  # fmt: skip
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    from harvester import lookups
+
+    return lookups.run(args, _token(args), check_base_url(args.base_url, args.insecure))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Bulk-harvest Vobiz call detail records into Parquet.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _harvest_parser(sub)
+    _sim_parser(sub)
+    demo = sub.add_parser("demo", help="harvest from the embedded simulator and query the result")
+    demo.add_argument("--out", type=Path, default=Path("demo-lake"))
+    demo.add_argument("--json", action="store_true")
+    _lookup_parser(sub)
+    return p
+
+
+COMMANDS = {
+    "harvest": cmd_harvest,
+    "sim": cmd_sim,
+    "demo": cmd_demo,
+    "get": cmd_lookup,
+    "accounts": cmd_lookup,
+    "probe-dates": cmd_lookup,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = getattr(args, "log_level", "warning").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)  # fmt: skip
+    try:
+        return COMMANDS[args.command](args)
+    except HarvestError as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 1

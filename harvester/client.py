@@ -1,0 +1,243 @@
+"""The HTTP client: one aiohttp session, auth headers, pacing, retries, error types.
+
+Every request goes through :meth:`Client.get`: wait out a shared 429 pause, take a slot of
+the in-flight cap, take a slot of the rate limit, send, then classify the answer:
+
+* 200 with a body the caller can decode → done;
+* 429 → every worker pauses for ``Retry-After`` (header, else the body's
+  ``error.details.retryAfter``, else backoff), then retry;
+* 408, 5xx, timeouts, resets, truncated or undecodable bodies → retry with capped
+  exponential backoff and full jitter;
+* 401/403 → :class:`AuthError`; 404 → :class:`NotFound`; other 4xx → :class:`ApiError`.
+
+The token is only ever in the session's default headers: no message built here quotes a
+header, and no aiohttp exception (which may carry the request) is passed through as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from harvester import __version__
+from harvester.decode import DecodeError
+from harvester.errors import ApiError, AuthError, NotFound, RetriesExhausted, Unreachable
+from harvester.ratelimit import Pacer
+
+T = TypeVar("T")
+log = logging.getLogger("harvester.client")
+
+
+@dataclass
+class ClientStats:
+    """Counters a run reports."""
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    bytes: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    wait_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: attempts per request and the backoff curve."""
+
+    retries: int = 8
+    backoff_base: float = 0.25
+    backoff_cap: float = 30.0
+    connect_attempts: int = 4  # a host that refuses this many times in a row is unreachable
+
+
+def parse_retry_after(header: str | None, body: bytes) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP date), else the body."""
+    if header:
+        header = header.strip()
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(header)
+                return max(0.0, when.timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        details = err.get("details") if isinstance(err, dict) else doc.get("details")
+        value = details.get("retryAfter") if isinstance(details, dict) else doc.get("retryAfter")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return max(0.0, float(value))
+    return None
+
+
+def error_message(body: bytes) -> str:
+    """The API's message from either documented error shape, else the raw text."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body[:200].decode("utf-8", "replace").strip()
+        return " ".join(text.split()) or "(empty body)"
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        if isinstance(err, dict):
+            code, msg = err.get("code"), err.get("message")
+            return f"{code}: {msg}" if code and msg else str(msg or code or doc)
+        if isinstance(doc.get("message"), str):
+            return doc["message"]
+        if isinstance(err, str):
+            return err
+    return str(doc)[:200]
+
+
+class Client:
+    """An authenticated, paced, retrying client for one base URL and one credential."""
+
+    def __init__(
+        self,
+        base_url: str,
+        auth_id: str,
+        auth_token: str,
+        pacer: Pacer,
+        concurrency: int = 16,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.host = urlsplit(self.base_url).netloc
+        self._headers = {
+            "X-Auth-ID": auth_id,
+            "X-Auth-Token": auth_token,
+            "Accept": "application/json",
+            "User-Agent": f"vobiz-harvester/{__version__}",
+        }
+        self.pacer = pacer
+        self.concurrency = concurrency
+        self.policy = policy or RetryPolicy()
+        self.timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
+        self.stats = ClientStats()
+        self._sem = asyncio.Semaphore(concurrency)
+        self._pause_until = 0.0
+        self._session: aiohttp.ClientSession | None = None
+        self._connect_failures = 0
+        self.on_event: Callable[[str, str], None] = lambda kind, text: None
+
+    async def __aenter__(self) -> Client:
+        connector = aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            timeout=self.timeout,
+            trust_env=True,  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY like other HTTP tools
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def pause_all(self, seconds: float) -> None:
+        """Hold every worker's next request for ``seconds`` (a 429's wait)."""
+        loop = asyncio.get_running_loop()
+        self._pause_until = max(self._pause_until, loop.time() + seconds)
+
+    async def _wait_pause(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (wait := self._pause_until - loop.time()) > 0:
+            self.stats.wait_seconds += wait
+            await asyncio.sleep(wait)
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self.policy.backoff_cap, self.policy.backoff_base * 2**attempt)
+        return random.uniform(cap / 2, cap)
+
+    async def _send(self, path: str, params: Mapping[str, str] | None) -> tuple[int, Any, bytes]:
+        assert self._session is not None, "use 'async with Client(...)'"
+        async with self._session.get(self.base_url + path, params=params) as resp:
+            body = await resp.read()
+            return resp.status, resp.headers, body
+
+    async def get(
+        self, path: str, params: Mapping[str, str] | None, decode: Callable[[bytes], T], what: str
+    ) -> T:
+        """GET ``path`` and decode it, retrying what is worth retrying; ``what`` names it."""
+        reason = "no attempt"
+        for attempt in range(self.policy.retries + 1):
+            await self._wait_pause()
+            wait: float | None = None
+            async with self._sem:
+                await self.pacer.acquire()
+                self.stats.requests += 1
+                try:
+                    status, headers, body = await self._send(path, params)
+                except aiohttp.ClientConnectorError as e:
+                    self._connect_failures += 1
+                    reason = f"cannot connect to {self.host} ({_os_reason(e)})"
+                    if self._connect_failures >= self.policy.connect_attempts:
+                        raise Unreachable(reason) from None
+                    status = 0
+                except TimeoutError:
+                    reason, status = "timed out", 0
+                except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
+                    reason, status = f"connection dropped mid-response ({type(e).__name__})", 0
+                except (aiohttp.ClientError, OSError) as e:
+                    reason, status = f"network error ({type(e).__name__})", 0
+            if status:
+                self._connect_failures = 0
+                self.stats.bytes += len(body)
+            if status == 200:
+                try:
+                    result = decode(body)
+                except DecodeError as e:
+                    reason = f"undecodable body ({e})"
+                else:
+                    self.pacer.on_success()
+                    return result
+            elif status == 429:
+                self.stats.throttled += 1
+                self.pacer.on_throttle()
+                wait = parse_retry_after(headers.get("Retry-After"), body)
+                if wait is None:
+                    wait = self._backoff(attempt)
+                wait = min(wait, self.policy.backoff_cap * 4)
+                self.pause_all(wait)
+                reason = f"429 rate limited (waiting {wait:g}s)"
+            elif status in (401, 403):
+                raise AuthError(f"HTTP {status} from {self.host}: {error_message(body)}")
+            elif status == 404:
+                raise NotFound(404, f"{what}: {error_message(body)}")
+            elif status and status != 408 and status < 500:
+                raise ApiError(status, f"{what}: {error_message(body)}")
+            elif status:
+                reason = f"HTTP {status} ({error_message(body)})"
+            self.stats.failures[reason.split(" (")[0]] += 1
+            if attempt == self.policy.retries:
+                break
+            self.stats.retries += 1
+            delay = wait if wait is not None else self._backoff(attempt)
+            log.info("retry %d for %s: %s", attempt + 1, what, reason)
+            self.on_event("retry", f"{what}: {reason}")
+            await asyncio.sleep(delay if wait is None else 0)
+        raise RetriesExhausted(f"{what}: {reason} (after {self.policy.retries + 1} attempts)")
+
+
+def _os_reason(e: aiohttp.ClientConnectorError) -> str:
+    err = e.os_error
+    text = getattr(err, "strerror", None) or type(err).__name__
+    return str(text)

@@ -1,0 +1,142 @@
+"""The run's settings as one frozen dataclass, validated with one-line errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from urllib.parse import urlsplit
+
+from harvester.endpoints import SCOPES
+from harvester.errors import UsageError
+
+DEFAULT_BASE_URL = "https://api.vobiz.ai"
+STATUSES = ("answered", "failed", "busy", "no_answer")
+DIRECTIONS = ("inbound", "outbound")
+MAX_DAYS_WITHOUT_YES = 366
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """Everything one harvest run needs to know."""
+
+    base_url: str
+    auth_id: str
+    auth_token: str = field(repr=False)
+    out: Path
+    start_date: dt.date
+    end_date: dt.date
+    today: dt.date
+    scope: str = "partner"
+    customers: tuple[str, ...] = ()
+    rate: float | str | None = "auto"
+    concurrency: int = 16
+    per_page: int = 100
+    filters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    timeout: float = 30.0
+    connect_timeout: float = 10.0
+    retries: int = 8
+    verify_attempts: int = 3
+    strict_sums: bool = False
+    allow_unverified: bool = False
+    lookback: int = 0
+    refresh: bool = False
+    max_runtime: float | None = None
+
+    @property
+    def identity(self) -> dict[str, object]:
+        """What a lake holds: one scope and one filter set (see lake.Lake.open)."""
+        return {"scope": self.scope, "filters": dict(sorted(self.filters.items()))}
+
+
+def parse_date(value: str, flag: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r} is not a date: use YYYY-MM-DD") from None
+
+
+def check_base_url(url: str, insecure: bool = False) -> str:
+    """A usable base URL; plain http only to loopback unless ``insecure``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--base-url {url!r} is not an http(s) URL: use e.g. https://api.vobiz.ai")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise UsageError(f"--base-url {url!r} has a bad port") from None
+    if parts.scheme == "http" and not insecure and not _is_loopback(parts.hostname):
+        raise UsageError(
+            f"--base-url {url!r} is plain http to a remote host: the token would cross the "
+            "network in clear text; use https, or pass --insecure if you must"
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_range(name: str, value: float, low: float, high: float, fix: str) -> None:
+    if not (low <= value <= high):
+        raise UsageError(f"{name} {value:g} is out of range: {fix}")
+
+
+def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
+    """Raise :class:`UsageError` (one line, naming value and fix) for bad settings."""
+    if cfg.scope not in SCOPES:
+        raise UsageError(f"--scope {cfg.scope!r} is unknown: use one of {', '.join(SCOPES)}")
+    if cfg.scope == "global" and cfg.customers:
+        raise UsageError("--customer does not go with --scope global (the feed covers every customer)")
+    if not cfg.auth_id or not cfg.auth_token:
+        raise UsageError(
+            "no credentials: pass --auth-id and --auth-token (or --auth-token-file), "
+            "or set VOBIZ_AUTH_ID and VOBIZ_AUTH_TOKEN"
+        )
+    if cfg.start_date > cfg.end_date:
+        raise UsageError(f"--start-date {cfg.start_date} is after --end-date {cfg.end_date}: swap them")
+    if cfg.end_date > cfg.today:
+        raise UsageError(
+            f"--end-date {cfg.end_date} is in the future (today is {cfg.today} UTC): use today or earlier"
+        )
+    span = (cfg.end_date - cfg.start_date).days + 1 + cfg.lookback
+    if span > MAX_DAYS_WITHOUT_YES and not yes:
+        raise UsageError(
+            f"{span} days requested: more than {MAX_DAYS_WITHOUT_YES}; pass --yes if you mean it"
+        )
+    check_range("--per-page", cfg.per_page, 1, 100, "use 1 to 100")
+    check_range("--concurrency", cfg.concurrency, 1, 256, "use 1 to 256")
+    if isinstance(cfg.rate, float):
+        check_range("--rate", cfg.rate, 0.01, 10_000, "use 0.01 to 10000, 'auto' or 'unlimited'")
+    check_range("--lookback", cfg.lookback, 0, 3650, "use 0 or more days")
+    check_range("--timeout", cfg.timeout, 0.1, 3600, "use seconds between 0.1 and 3600")
+    status = cfg.filters.get("status")
+    if status is not None and status not in STATUSES:
+        raise UsageError(f"--status {status!r} is unknown: use one of {', '.join(STATUSES)}")
+    direction = cfg.filters.get("call_direction")
+    if direction is not None and direction not in DIRECTIONS:
+        raise UsageError(f"--call-direction {direction!r} is unknown: use inbound or outbound")
+    return cfg
+
+
+def parse_rate(value: str) -> float | str | None:
+    """``auto``, ``unlimited`` or a positive number of requests per second."""
+    v = value.strip().lower()
+    if v == "auto":
+        return "auto"
+    if v in ("unlimited", "none", "0"):
+        return None
+    try:
+        rate = float(v)
+    except ValueError:
+        raise UsageError(f"--rate {value!r} is not a number: use e.g. 20, 'auto' or 'unlimited'") from None
+    check_range("--rate", rate, 0.01, 10_000, "use 0.01 to 10000, 'auto' or 'unlimited'")
+    return rate

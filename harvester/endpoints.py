@@ -1,0 +1,58 @@
+"""URL paths and query parameters of the Vobiz CDR and account endpoints.
+
+Path casing matters to the API: ``Account`` capitalised and ``cdr`` lowercase.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from urllib.parse import quote
+
+API = "/api/v1"
+ACCOUNTS = f"{API}/partner/accounts"
+GLOBAL_CDRS = f"{API}/partner/cdrs"
+SCOPES = ("partner", "global", "account")
+FILTER_FLAGS = (
+    "call_direction",
+    "status",
+    "hangup_cause",
+    "min_duration",
+    "from_number",
+    "to_number",
+)
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def list_path(scope: str, account: str | None) -> str:
+    """The CDR list path of a scope (``account`` is the customer / own auth id)."""
+    if scope == "global":
+        return GLOBAL_CDRS
+    assert account is not None
+    if scope == "partner":
+        return f"{ACCOUNTS}/{_seg(account)}/cdrs"
+    return f"{API}/Account/{_seg(account)}/cdr"
+
+
+def one_path(scope: str, account: str, uuid: str) -> str:
+    """The single-CDR path (partner: bare object; account: ``{data, success}``)."""
+    if scope == "account":
+        return f"{API}/Account/{_seg(account)}/cdr/{_seg(uuid)}"
+    return f"{ACCOUNTS}/{_seg(account)}/cdrs/{_seg(uuid)}"
+
+
+def list_params(day: dt.date, filters: Mapping[str, str], page: int, per_page: int) -> dict[str, str]:
+    """Query parameters for one page of one day (``start_date`` = ``end_date`` = day)."""
+    params = {"start_date": day.isoformat(), "end_date": day.isoformat()}
+    params.update(filters)
+    params["page"] = str(page)
+    params["per_page"] = str(per_page)
+    return params
+
+
+def accounts_params(page: int, per_page: int) -> dict[str, str]:
+    """The listing takes ``per_page`` in newer docs and ``size`` in older ones: send both."""
+    return {"page": str(page), "per_page": str(per_page), "size": str(per_page)}

@@ -1,0 +1,293 @@
+"""The harvest: plan → fetch (worker pool) → decode → write → verify → commit.
+
+Each shard is one task. A closed day is probed (page 1 gives ``pagination.pages``) and its
+other pages fan out at once; the shared client caps requests in flight and paces them. A day
+that is still open (the current UTC day) is walked page by page instead, then re-probed and
+caught up until the distinct uuids match the latest total: newest-first pages shift while
+calls arrive, so a parallel fetch would miss records and a forward walk repeats some.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from harvester.client import Client
+from harvester.config import HarvestConfig
+from harvester.decode import Page, decode_page
+from harvester.endpoints import list_params, list_path
+from harvester.errors import HarvestError, NotFound, RetriesExhausted
+from harvester.lake import Lake
+from harvester.plan import Shard, days, discover_accounts, shards_for
+from harvester.schema import SCHEMA
+from harvester.verify import Verdict, verify
+
+log = logging.getLogger("harvester.engine")
+
+
+@dataclass
+class ShardResult:
+    """How one shard ended."""
+
+    shard: Shard
+    status: str  # verified | unverified | failed | skipped | unchanged
+    action: str  # harvested | reharvested | rechecked | skipped
+    rows: int = 0
+    pages: int = 0
+    bytes: int = 0
+    detail: str = ""
+
+
+@dataclass
+class RunStats:
+    """Everything the report needs, filled in while the run goes."""
+
+    started: float = field(default_factory=time.monotonic)
+    shards_planned: int = 0
+    pages: int = 0
+    records: int = 0
+    bytes: int = 0
+    results: list[ShardResult] = field(default_factory=list)
+    accounts: int = 0
+    stopped: str | None = None
+
+    def count(self) -> Counter[str]:
+        c: Counter[str] = Counter()
+        for r in self.results:
+            c[r.status] += 1
+            c[f"action:{r.action}"] += 1
+        return c
+
+
+def dedupe(table: pa.Table) -> pa.Table:
+    """One row per uuid, keeping the greatest ``updated_at`` (order-independent)."""
+    if table.num_rows < 2 or pc.count_distinct(table.column("uuid")).as_py() == table.num_rows:
+        return table
+    t = table.sort_by([("uuid", "ascending"), ("updated_at", "descending")])
+    u = t.column("uuid").combine_chunks()
+    differs = pc.fill_null(pc.not_equal(u[1:], u[:-1]), True)
+    keep = pa.concat_arrays([pa.array([True]), differs])
+    return t.filter(keep)
+
+
+def order(table: pa.Table) -> pa.Table:
+    """Deterministic row order in a file: by account, then time, then uuid."""
+    keys = [("account_id", "ascending"), ("start_time", "ascending"), ("uuid", "ascending")]
+    return table.sort_by(keys)
+
+
+class Harvester:
+    """One run over one lake."""
+
+    def __init__(self, cfg: HarvestConfig, client: Client, lake: Lake) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.lake = lake
+        self.stats = RunStats()
+        self.on_shard_done: list[Any] = []
+        self._shard_sem = asyncio.Semaphore(max(4, cfg.concurrency * 2))
+
+    # -- planning ------------------------------------------------------------------------
+    async def accounts(self) -> list[str | None]:
+        if self.cfg.scope == "global":
+            return [None]
+        if self.cfg.scope == "account":
+            return [self.cfg.customers[0] if self.cfg.customers else self.cfg.auth_id]
+        if self.cfg.customers:
+            return list(dict.fromkeys(self.cfg.customers))
+        found = await discover_accounts(self.client)
+        return [a["auth_id"] for a in found]
+
+    def plan(self, accounts: list[str | None]) -> list[tuple[Shard, str]]:
+        """(shard, mode) pairs; mode is harvest, recheck or skip."""
+        cfg = self.cfg
+        span = list(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
+        planned: dict[Shard, str] = {}
+        for shard in shards_for(cfg.scope, accounts, span):
+            planned[shard] = self._mode(shard, in_lookback=shard.day < cfg.start_date)
+        # A shard harvested while its day was open is never final: re-check it every run.
+        for rec in self.lake.manifest():
+            if rec.get("open_day") and rec.get("scope") == cfg.scope:
+                shard = Shard(dt.date.fromisoformat(rec["date"]), cfg.scope, rec.get("account"))
+                if shard not in planned and not cfg.refresh:
+                    planned[shard] = "recheck"
+        return sorted(planned.items(), key=lambda kv: (kv[0].day, kv[0].who), reverse=True)
+
+    def _mode(self, shard: Shard, in_lookback: bool) -> str:
+        rec = self.lake.committed(shard)
+        if rec is None or self.cfg.refresh:
+            return "harvest"
+        if rec.get("open_day") or in_lookback:
+            return "recheck"
+        return "skip" if rec.get("verified") else "harvest"
+
+    # -- running -------------------------------------------------------------------------
+    async def run(self) -> RunStats:
+        accounts = await self.accounts()
+        self.stats.accounts = len([a for a in accounts if a])
+        planned = self.plan(accounts)
+        self.stats.shards_planned = len(planned)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for shard, mode in planned:
+                    tg.create_task(self._guarded(shard, mode))
+        except ExceptionGroup as eg:
+            raise _first_error(eg) from None
+        return self.stats
+
+    async def _guarded(self, shard: Shard, mode: str) -> None:
+        async with self._shard_sem:
+            try:
+                result = await self.do_shard(shard, mode)
+            except (RetriesExhausted, NotFound) as e:
+                log.warning("shard %s failed: %s", shard.key, e)
+                result = ShardResult(shard, "failed", "harvested", detail=str(e))
+        self.stats.results.append(result)
+        for cb in self.on_shard_done:
+            cb(result)
+
+    async def do_shard(self, shard: Shard, mode: str) -> ShardResult:
+        prior = self.lake.committed(shard)
+        if mode == "skip":
+            return ShardResult(shard, "skipped", "skipped", rows=int(prior["rows"]) if prior else 0)
+        if mode == "recheck" and prior is not None:
+            first = await self.page(shard, 1, self.cfg.per_page)
+            same = first.total == prior.get("api_total") and first.summary == prior.get("api_summary")
+            if same and prior.get("verified"):
+                if prior.get("open_day") and shard.day < self.cfg.today:
+                    self.lake.commit(shard, {**prior, "open_day": False})  # the day has closed
+                return ShardResult(shard, "unchanged", "rechecked", rows=int(prior["rows"]))
+            log.info("shard %s changed since it was committed: re-harvesting", shard.key)
+        action = "reharvested" if prior is not None else "harvested"
+        table, first, verdict, pages, attempts = await self.fetch(shard)
+        verified = verdict.ok(self.cfg.strict_sums)
+        nbytes = await asyncio.to_thread(self.lake.write_shard, shard, table)
+        record = {
+            "shard": shard.key,
+            "scope": shard.scope,
+            "account": shard.account,
+            "date": shard.day.isoformat(),
+            "file": str(self.lake.file_path(shard).relative_to(self.lake.root)) if table.num_rows else None,
+            "rows": table.num_rows,
+            "bytes": nbytes,
+            "pages": pages,
+            "attempts": attempts,
+            "api_total": first.total,
+            "api_summary": first.summary,
+            "sums": verdict.sums,
+            "verified": verified,
+            "sums_match": not verdict.sum_problems,
+            "problems": verdict.problems + verdict.sum_problems,
+            "open_day": shard.day >= self.cfg.today,
+            "harvested_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        self.lake.commit(shard, record)
+        self.stats.records += table.num_rows
+        self.stats.bytes += nbytes
+        status = "verified" if verified else "unverified"
+        if not verified:
+            log.warning("shard %s unverified: %s", shard.key, verdict.describe())
+        elif verdict.sum_problems:
+            log.info("shard %s: sums differ from summary (not strict): %s", shard.key, verdict.describe())
+        return ShardResult(shard, status, action, table.num_rows, pages, nbytes, verdict.describe())
+
+    async def page(self, shard: Shard, n: int, per_page: int) -> Page:
+        params = list_params(shard.day, self.cfg.filters, n, per_page)
+        what = f"shard {shard.key} page {n}"
+        page = await self.client.get(
+            list_path(shard.scope, shard.account),
+            params,
+            lambda body: decode_page(body, n, per_page),
+            what,
+        )
+        self.stats.pages += 1
+        return page
+
+    async def fetch(self, shard: Shard) -> tuple[pa.Table, Page, Verdict, int, int]:
+        """Fetch a whole shard, re-fetching until it verifies or attempts run out."""
+        open_day = shard.day >= self.cfg.today
+        attempts = max(1, self.cfg.verify_attempts)
+        for attempt in range(1, attempts + 1):
+            if open_day or attempt > 1:
+                table, first, pages = await self._walk(shard)
+            else:
+                table, first, pages = await self._fan_out(shard)
+            verdict = verify(table, first.total, first.summary)
+            if verdict.ok(self.cfg.strict_sums) or attempt == attempts:
+                return table, first, verdict, pages, attempt
+            log.info("shard %s attempt %d: %s; fetching it again", shard.key, attempt, verdict.describe())
+            await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def _fan_out(self, shard: Shard) -> tuple[pa.Table, Page, int]:
+        """Closed day: probe page 1, then every other page at once."""
+        first = await self.page(shard, 1, self.cfg.per_page)
+        per_page = first.per_page  # the server may grant fewer than asked
+        batches = [first.batch]
+        if first.pages > 1:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tasks = [tg.create_task(self.page(shard, n, per_page)) for n in range(2, first.pages + 1)]
+            except ExceptionGroup as eg:
+                raise _first_error(eg) from None
+            batches.extend(t.result().batch for t in tasks)
+        table = pa.Table.from_batches(batches, schema=SCHEMA)
+        return order(dedupe(table)), first, len(batches)
+
+    async def _walk(self, shard: Shard) -> tuple[pa.Table, Page, int]:
+        """Open day (or a retry): walk forward, then re-probe and catch up until whole."""
+        batches: list[pa.RecordBatch] = []
+        seen: set[str] = set()
+
+        def add(p: Page) -> int:
+            batches.append(p.batch)
+            fresh = set(p.batch.column("uuid").to_pylist()) - seen
+            seen.update(fresh)
+            return len(fresh)
+
+        first = await self.page(shard, 1, self.cfg.per_page)
+        per_page = first.per_page
+        add(first)
+        n, last = 2, first
+        while n <= last.pages:
+            last = await self.page(shard, n, per_page)
+            add(last)
+            n += 1
+        for _ in range(self.cfg.verify_attempts * 4):
+            probe = await self.page(shard, 1, per_page)
+            add(probe)
+            first = probe
+            if len(seen) == probe.total:
+                break
+            # Calls arrived while we walked: they sit on the first pages. Walk on until a
+            # page brings nothing new (or the end), then probe again.
+            n = 2
+            while n <= probe.pages:
+                if add(await self.page(shard, n, per_page)) == 0:
+                    break
+                n += 1
+        table = pa.Table.from_batches(batches, schema=SCHEMA)
+        return order(dedupe(table)), first, len(batches)
+
+
+def _first_error(eg: BaseExceptionGroup) -> BaseException:
+    """The most meaningful exception of a task group: a fatal one before a shard-level one."""
+    flat: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup) -> None:
+        for e in g.exceptions:
+            walk(e) if isinstance(e, BaseExceptionGroup) else flat.append(e)
+
+    walk(eg)
+    for e in flat:
+        if isinstance(e, HarvestError) and not isinstance(e, (RetriesExhausted, NotFound)):
+            return e
+    return flat[0]

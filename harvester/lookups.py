@@ -1,0 +1,115 @@
+"""Small commands: ``get`` (one CDR), ``accounts`` (the listing), ``probe-dates``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+from typing import Any
+
+import orjson
+
+from harvester.client import Client, RetryPolicy
+from harvester.config import parse_date
+from harvester.decode import decode_json, decode_page
+from harvester.endpoints import list_params, list_path, one_path
+from harvester.errors import NotFound, UsageError
+from harvester.plan import discover_accounts
+from harvester.ratelimit import Pacer
+
+
+def _client(args: argparse.Namespace, token: str, base_url: str) -> Client:
+    if not args.auth_id or not token:
+        raise UsageError(
+            "no credentials: pass --auth-id and --auth-token (or --auth-token-file), "
+            "or set VOBIZ_AUTH_ID and VOBIZ_AUTH_TOKEN"
+        )
+    return Client(base_url, args.auth_id, token, Pacer(), concurrency=4, timeout=args.timeout,
+                  connect_timeout=args.connect_timeout, policy=RetryPolicy(retries=args.retries))  # fmt: skip
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
+    lines.append("  ".join("-" * widths[c] for c in cols))
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+async def _get(args: argparse.Namespace, client: Client) -> int:
+    account = args.customer or (args.auth_id if args.scope == "account" else None)
+    if not account:
+        raise UsageError("get needs --customer AUTH_ID (the customer the call belongs to)")
+    try:
+        doc = await client.get(one_path(args.scope, account, args.uuid), None, decode_json, "CDR")
+    except NotFound:
+        sys.stderr.write(f"vobiz-harvest: CDR {args.uuid} not found for {account}\n")
+        return 1
+    if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
+        doc = doc["data"]  # the account endpoint wraps the record as {data, success}
+    if args.format == "table":
+        print("\n".join(f"{k:<20} {v}" for k, v in doc.items()))
+    else:
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+async def _accounts(args: argparse.Namespace, client: Client) -> int:
+    accounts = await discover_accounts(client)
+    if args.json:
+        print(orjson.dumps(accounts).decode())
+    else:
+        cols = ["auth_id", "name", "timezone", "is_active", "currency"]
+        print(_table(accounts, cols))
+        print(f"\n{len(accounts)} accounts")
+    return 0
+
+
+async def _probe(args: argparse.Namespace, client: Client) -> int:
+    day = parse_date(args.date, "--date")
+    account = args.customer
+    if args.scope == "partner" and not account:
+        account = (await discover_accounts(client))[0]["auth_id"]
+    elif args.scope == "account":
+        account = account or args.auth_id
+    path = list_path(args.scope, account)
+    first = await client.get(path, list_params(day, {}, 1, 100), lambda b: decode_page(b, 1, 100), "page 1")
+    batches = [first.batch]
+    if first.pages > 1:
+        last = await client.get(
+            path,
+            list_params(day, {}, first.pages, first.per_page),
+            lambda b: decode_page(b, first.pages, first.per_page),
+            "last page",
+        )
+        batches.append(last.batch)
+    times = [t for b in batches for t in b.column("start_time").to_pylist() if t is not None]
+    lo = min(times) if times else None
+    hi = max(times) if times else None
+    midnight = dt.datetime.combine(day, dt.time(), dt.UTC)
+    out = {
+        "date": day.isoformat(),
+        "scope": args.scope,
+        "account": account,
+        "total": first.total,
+        "earliest_start_time": lo.isoformat() if lo else None,
+        "latest_start_time": hi.isoformat() if hi else None,
+        "offset_hours_from_utc_midnight": round((midnight - lo).total_seconds() / 3600, 2) if lo else None,
+        "buckets_as_utc_day": bool(lo and hi and lo >= midnight and hi < midnight + dt.timedelta(days=1)),
+    }
+    if args.json:
+        print(orjson.dumps(out).decode())
+    else:
+        print("\n".join(f"{k:<32} {v}" for k, v in out.items()))
+    return 0
+
+
+def run(args: argparse.Namespace, token: str, base_url: str) -> int:
+    handler = {"get": _get, "accounts": _accounts, "probe-dates": _probe}[args.command]
+
+    async def go() -> int:
+        async with _client(args, token, base_url) as client:
+            return await handler(args, client)
+
+    return asyncio.run(go())

@@ -1,0 +1,86 @@
+"""One harvest run from a config to a report: wires client, lake and engine together,
+turns errors into exit codes, and stops cleanly on a deadline, SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from harvester import report
+from harvester.client import Client, RetryPolicy
+from harvester.config import HarvestConfig
+from harvester.engine import Harvester, ShardResult
+from harvester.errors import HarvestError
+from harvester.lake import Lake
+from harvester.ratelimit import make_pacer
+
+log = logging.getLogger("harvester.run")
+
+
+async def harvest(cfg: HarvestConfig, on_start: Callable[[Harvester], Any] | None = None) -> dict[str, Any]:
+    """Run one harvest; returns the report (its ``exit_code`` is the process exit code)."""
+    lake = Lake(cfg.out)
+    lake.check_usable()
+    pacer = make_pacer(cfg.rate)
+    client = Client(
+        cfg.base_url,
+        cfg.auth_id,
+        cfg.auth_token,
+        pacer,
+        concurrency=cfg.concurrency,
+        timeout=cfg.timeout,
+        connect_timeout=cfg.connect_timeout,
+        policy=RetryPolicy(retries=cfg.retries),
+    )
+    harvester = Harvester(cfg, client, lake)
+    error: HarvestError | None = None
+    task = asyncio.current_task()
+    stop_reason: list[str] = []
+
+    def stop(why: str) -> None:
+        if not stop_reason:
+            stop_reason.append(why)
+            if task is not None:
+                task.cancel()
+
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop, signal.Signals(sig).name)
+            handled.append(sig)
+    deadline = loop.call_later(cfg.max_runtime, stop, "--max-runtime reached") if cfg.max_runtime else None
+    try:
+        async with client:
+            lake.open(cfg.identity)
+            try:
+                if on_start:
+                    on_start(harvester)
+                await harvester.run()
+            finally:
+                lake.close()
+    except asyncio.CancelledError:
+        if not stop_reason:
+            raise
+        harvester.stats.stopped = stop_reason[0]
+        log.warning("stopped: %s; committed shards are kept", stop_reason[0])
+    except HarvestError as e:
+        error = e
+    finally:
+        if deadline:
+            deadline.cancel()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+    code = error.exit_code if error is not None else report.exit_code(harvester.stats, cfg.allow_unverified)
+    return report.build(
+        cfg, harvester.stats, client.stats, pacer.describe(), code, str(error) if error else None
+    )
+
+
+def shard_line(result: ShardResult) -> str:
+    """A one-line log of a finished shard."""
+    return f"{result.shard.key}: {result.status} ({result.rows} rows, {result.pages} pages)"

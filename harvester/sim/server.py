@@ -1,0 +1,485 @@
+"""An aiohttp server that behaves like the Vobiz CDR API, for demos, tests and benchmarks.
+
+Routes (all ``GET``; auth with ``X-Auth-ID`` / ``X-Auth-Token``):
+
+* ``/api/v1/partner/accounts``                         partner's customers (page + per_page|size)
+* ``/api/v1/partner/accounts/{customer}/cdrs``         one customer's CDRs
+* ``/api/v1/partner/accounts/{customer}/cdrs/{uuid}``  one CDR, bare object
+* ``/api/v1/partner/cdrs``                             global feed, all customers
+* ``/api/v1/Account/{auth_id}/cdr``                    account-level CDRs (customer credentials)
+* ``/api/v1/Account/{auth_id}/cdr/{uuid}``             one CDR as ``{data, success}``
+
+Control routes for tests and benchmarks live under ``/_sim/`` (stats, freeze, late records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+import uuid as uuidlib
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from harvester.sim.data import Dataset, Record
+from harvester.sim.faults import FaultInjector
+
+API = "/api/v1"
+MAX_PER_PAGE = 100
+_STATUS = {"answered", "failed", "busy", "no_answer", "no-answer"}
+_FILTERS = (
+    "start_date",
+    "end_date",
+    "call_direction",
+    "status",
+    "hangup_cause",
+    "min_duration",
+    "from_number",
+    "to_number",
+)
+
+
+@dataclass
+class SimConfig:
+    """How the simulated API behaves (data set, credentials, limits, latency, faults)."""
+
+    dataset: Dataset = field(default_factory=Dataset)
+    auth_id: str = "PA_SIMULATOR"
+    auth_token: str = "sim-partner-token"
+    rate_limit: float | None = None  # requests/s per credential; None = unlimited
+    burst: int | None = None  # token-bucket size; default max(2, rate/5)
+    latency_ms: float = 0.0
+    max_per_page: int = MAX_PER_PAGE  # the server may grant fewer per page than asked
+    fault_rate: float = 0.0
+    fault_seed: int = 1
+    hold_after: int | None = None  # after N CDR requests, hold every answer until released
+    drift_per_second: float = 0.0  # new calls per second on the current UTC day
+
+
+class ApiError(Exception):
+    """An error answered with the documented Vobiz error envelope."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
+    """The documented error envelope."""
+    return orjson.dumps(
+        {
+            "status": "error",
+            "error": {"code": code, "message": message, "details": details or {}},
+            "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "requestId": f"req_{uuidlib.uuid4().hex[:12]}",
+        }
+    )
+
+
+class _Bucket:
+    """Token bucket per credential: ``rate`` tokens/s, ``size`` at most."""
+
+    def __init__(self, rate: float, size: int) -> None:
+        self.rate, self.size = rate, size
+        self.tokens = float(size)
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """Take a token; returns 0 on success, else seconds until one is available."""
+        now = time.monotonic()
+        self.tokens = min(self.size, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+def _status_of(r: Record) -> str:
+    if r["billsec"] > 0:
+        return "answered"
+    cause = r["hangup_cause"]
+    if cause == "USER_BUSY":
+        return "busy"
+    if cause == "NO_ANSWER":
+        return "no_answer"
+    return "failed"
+
+
+def summarize(recs: list[Record]) -> dict[str, Any]:
+    """The ``summary`` block over a filtered set (zeroed when empty)."""
+    n = len(recs)
+    answered = sum(1 for r in recs if r["billsec"] > 0)
+    dur = sum(r["duration"] for r in recs)
+    return {
+        "answerRate": round(answered * 100 / n, 1) if n else 0,
+        "answeredCalls": answered,
+        "avgCallDuration": f"{round(dur / n) if n else 0}s",
+        "last_call_at": max((r["end_time"] for r in recs), default=None),
+        "totalCalls": n,
+        "total_billable_seconds": sum(r["billsec"] for r in recs),
+        "total_cost": round(math.fsum(r["total_cost"] for r in recs), 4),
+        "total_duration_seconds": dur,
+    }
+
+
+def _parse_date(value: str, name: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ApiError(400, "VALIDATION_ERROR", f"{name} must be YYYY-MM-DD, got {value!r}") from None
+
+
+def _parse_int(value: str, name: str, low: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = low - 1
+    if n < low:
+        raise ApiError(400, "VALIDATION_ERROR", f"{name} must be an integer >= {low}")
+    return n
+
+
+class Simulator:
+    """The simulated API: an aiohttp application plus its state and counters."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self.data = self.config.dataset
+        self.stats: Counter[str] = Counter()
+        self.shard_requests: Counter[tuple[str, str]] = Counter()
+        self.faults = FaultInjector(self.config.fault_rate, self.config.fault_seed)
+        self._buckets: dict[str, _Bucket] = {}
+        self._filtered: OrderedDict[tuple[Any, ...], tuple[list[Record], dict[str, Any]]] = OrderedDict()
+        self._pages: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._page_bytes = 0
+        self.released = asyncio.Event()
+        self.frozen = self.config.drift_per_second <= 0
+        self._drift_task: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        r = app.router
+        r.add_get(f"{API}/partner/accounts", self._accounts)
+        r.add_get(f"{API}/partner/accounts/{{customer}}/cdrs", self._customer_cdrs)
+        r.add_get(f"{API}/partner/accounts/{{customer}}/cdrs/{{uuid}}", self._customer_cdr)
+        r.add_get(f"{API}/partner/cdrs", self._global_cdrs)
+        r.add_get(f"{API}/Account/{{auth_id}}/cdr", self._account_cdrs)
+        r.add_get(f"{API}/Account/{{auth_id}}/cdr/{{uuid}}", self._account_cdr)
+        r.add_get("/_sim/stats", self._ctl_stats)
+        r.add_post("/_sim/freeze", self._ctl_freeze)
+        r.add_post("/_sim/release", self._ctl_release)
+        r.add_post("/_sim/late", self._ctl_late)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on ``host:port`` (0 picks a free port); returns the base URL."""
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=1024)
+        await site.start()
+        bound = self._runner.addresses[0][1] if self._runner.addresses else port
+        self.base_url = f"http://{host}:{bound}"
+        if not self.frozen:
+            self._drift_task = asyncio.create_task(self._drift())
+        return self.base_url
+
+    async def stop(self) -> None:
+        self.released.set()
+        if self._drift_task:
+            self._drift_task.cancel()
+        if self._runner:
+            await self._runner.cleanup()
+
+    # -- drift ---------------------------------------------------------------------------
+    async def _drift(self) -> None:
+        """While not frozen, calls keep completing on the current UTC day."""
+        owed = 0.0
+        tick = 0.02
+        i = 0
+        while not self.frozen:
+            await asyncio.sleep(tick)
+            owed += self.config.drift_per_second * tick
+            today = dt.datetime.now(dt.UTC).date()
+            while owed >= 1 and self.data.customer_list:
+                owed -= 1
+                cust = self.data.customer_list[i % len(self.data.customer_list)]
+                i += 1
+                self.data.add_late_record(cust.auth_id, today, when=time.time() - 1)
+                self.stats["drift_records"] += 1
+
+    def freeze(self) -> None:
+        """Stop the drift: from now on every day is stable."""
+        self.frozen = True
+
+    # -- request plumbing ----------------------------------------------------------------
+    def _auth(self, request: web.Request, account: str | None = None) -> str:
+        """Check credentials; ``account`` means customer credentials for that account."""
+        aid = request.headers.get("X-Auth-ID", "")
+        tok = request.headers.get("X-Auth-Token", "")
+        if account is None:
+            ok = aid == self.config.auth_id and tok == self.config.auth_token
+        else:
+            cust = self.data.by_id.get(account)
+            ok = cust is not None and aid == account and tok == cust.auth_token
+        if not ok:
+            raise ApiError(401, "INVALID_CREDENTIALS", "Invalid or missing X-Auth-ID / X-Auth-Token")
+        return aid
+
+    def _limit(self, credential: str) -> None:
+        rate = self.config.rate_limit
+        if not rate:
+            return
+        bucket = self._buckets.get(credential)
+        if bucket is None:
+            size = self.config.burst or max(2, int(rate / 5))
+            bucket = self._buckets[credential] = _Bucket(rate, size)
+        wait = bucket.take()
+        if wait:
+            self.stats["429"] += 1
+            retry = max(1, math.ceil(wait))
+            raise ApiError(
+                429,
+                "RATE_LIMIT_EXCEEDED",
+                "Too many requests",
+                limitType="api",
+                limit=rate,
+                retryAfter=retry,
+            )
+
+    async def _serve(self, request: web.Request, account: str | None, build: Any) -> web.StreamResponse:
+        """Common path: count, auth, rate limit, latency, faults, then ``build()``."""
+        self.stats["requests"] += 1
+        n = self.stats["requests"]
+        try:
+            cred = self._auth(request, account)
+            self._limit(cred)
+            if self.config.hold_after is not None and n > self.config.hold_after:
+                self.stats["held"] += 1
+                await self.released.wait()
+            if self.config.latency_ms:
+                await asyncio.sleep(self.config.latency_ms / 1000)
+            fault = self.faults.pick()
+            if fault is not None:
+                self.stats[f"fault:{fault}"] += 1
+                return await self.faults.respond(fault, request)
+            body = build()
+        except ApiError as e:
+            self.stats[f"status:{e.status}"] += 1
+            headers = {}
+            if e.status == 429:
+                headers["Retry-After"] = str(e.details.get("retryAfter", 1))
+            return web.Response(
+                status=e.status,
+                body=error_body(e.code, e.message, e.details),
+                content_type="application/json",
+                headers=headers,
+            )
+        self.stats["status:200"] += 1
+        return web.Response(body=body, content_type="application/json")
+
+    # -- CDR lists -----------------------------------------------------------------------
+    def _query(self, request: web.Request) -> tuple[dict[str, str], int, int]:
+        q = request.query
+        filters = {k: q[k] for k in _FILTERS if q.get(k, "") != ""}
+        page = _parse_int(q.get("page", "1"), "page", 1)
+        per_page = _parse_int(q.get("per_page", "20"), "per_page", 1)
+        return filters, page, min(per_page, self.config.max_per_page)
+
+    def _select(
+        self, auth_ids: list[str], filters: dict[str, str], require_pair: bool
+    ) -> tuple[list[Record], dict[str, Any]]:
+        """The filtered set, newest first, and its summary (cached per query)."""
+        key = (tuple(auth_ids), tuple(sorted(filters.items())), self.data.version)
+        hit = self._filtered.get(key)
+        if hit is not None:
+            self._filtered.move_to_end(key)
+            return hit
+        start = filters.get("start_date")
+        end = filters.get("end_date")
+        if require_pair and bool(start) != bool(end):
+            raise ApiError(400, "VALIDATION_ERROR", "start_date and end_date are required together")
+        days = list(self.data.day_list)
+        today = dt.datetime.now(dt.UTC).date()
+        if not self.frozen and today not in days:
+            days.append(today)
+        if start:
+            d0 = _parse_date(start, "start_date")
+            days = [d for d in days if d >= d0]
+        if end:
+            d1 = _parse_date(end, "end_date")
+            days = [d for d in days if d <= d1]
+            if start and d1 < _parse_date(start, "start_date"):
+                raise ApiError(400, "VALIDATION_ERROR", "end_date is before start_date")
+        recs = self.data.records(auth_ids, days)
+        if "call_direction" in filters:
+            want = filters["call_direction"]
+            if want not in ("inbound", "outbound"):
+                raise ApiError(400, "VALIDATION_ERROR", "call_direction must be inbound or outbound")
+            recs = [r for r in recs if r["call_direction"] == want]
+        if "status" in filters:
+            status = filters["status"]
+            if status not in _STATUS:
+                raise ApiError(400, "VALIDATION_ERROR", f"unknown status {status!r}")
+            status = status.replace("-", "_")
+            recs = [r for r in recs if _status_of(r) == status]
+        if "hangup_cause" in filters:
+            cause = filters["hangup_cause"].upper()
+            recs = [r for r in recs if (r["hangup_cause"] or "") == cause]
+        if "min_duration" in filters:
+            low = _parse_int(filters["min_duration"], "min_duration", 0)
+            recs = [r for r in recs if r["duration"] >= low]
+        if "from_number" in filters:
+            frm = filters["from_number"]
+            recs = [r for r in recs if frm in r["caller_id_number"]]
+        if "to_number" in filters:
+            to = filters["to_number"]
+            recs = [r for r in recs if to in r["destination_number"]]
+        out = (recs, summarize(recs))
+        self._filtered[key] = out
+        if len(self._filtered) > 256:
+            self._filtered.popitem(last=False)
+        return out
+
+    def _page(self, request: web.Request, auth_ids: list[str], envelope: dict[str, Any], pair: bool) -> bytes:
+        filters, page, per_page = self._query(request)
+        shard = auth_ids[0] if len(auth_ids) == 1 else "global"
+        self.shard_requests[(shard, filters.get("start_date", ""))] += 1
+        key = (request.path, tuple(sorted(filters.items())), page, per_page, self.data.version)
+        cached = self._pages.get(key)
+        if cached is not None:
+            return cached
+        recs, summary = self._select(auth_ids, filters, pair)
+        total = len(recs)
+        pages = math.ceil(total / per_page) if total else 0
+        data = recs[(page - 1) * per_page : page * per_page]
+        body = orjson.dumps(
+            {
+                "success": True,
+                **envelope,
+                "count": len(data),
+                "data": data,
+                "pagination": {
+                    "page": page,
+                    "per_page": per_page,
+                    "total": total,
+                    "pages": pages,
+                    "has_next": page < pages,
+                    "has_prev": page > 1,
+                },
+                "summary": summary,
+            }
+        )
+        self._pages[key] = body
+        self._page_bytes += len(body)
+        while self._page_bytes > 256 * 2**20 and self._pages:
+            _, old = self._pages.popitem(last=False)
+            self._page_bytes -= len(old)
+        return body
+
+    def _customer(self, request: web.Request) -> str:
+        cust = request.match_info["customer"]
+        if cust not in self.data.by_id:
+            raise ApiError(404, "ACCOUNT_NOT_FOUND", f"customer {cust} not found under this partner")
+        return cust
+
+    async def _customer_cdrs(self, request: web.Request) -> web.StreamResponse:
+        def build() -> bytes:
+            cust = self._customer(request)
+            env = {"account_id": cust, "account_auth_id": cust}
+            return self._page(request, [cust], env, pair=False)
+
+        return await self._serve(request, None, build)
+
+    async def _global_cdrs(self, request: web.Request) -> web.StreamResponse:
+        def build() -> bytes:
+            ids = [c.auth_id for c in self.data.customer_list]
+            env = {"account_id": self.config.auth_id, "account_auth_id": self.config.auth_id}
+            return self._page(request, ids, env, pair=False)
+
+        return await self._serve(request, None, build)
+
+    async def _account_cdrs(self, request: web.Request) -> web.StreamResponse:
+        account = request.match_info["auth_id"]
+
+        def build() -> bytes:
+            return self._page(request, [account], {"account_id": account}, pair=True)
+
+        return await self._serve(request, account, build)
+
+    def _find(self, account: str, uuid: str) -> Record:
+        for rec in self.data.records([account], self.data.day_list):
+            if rec["uuid"] == uuid:
+                return rec
+        for recs in self.data.extra.values():
+            for rec in recs:
+                if rec["uuid"] == uuid and rec["account_id"] == account:
+                    return rec
+        raise ApiError(404, "CDR_NOT_FOUND", f"no CDR with uuid {uuid}")
+
+    async def _customer_cdr(self, request: web.Request) -> web.StreamResponse:
+        def build() -> bytes:
+            return orjson.dumps(self._find(self._customer(request), request.match_info["uuid"]))
+
+        return await self._serve(request, None, build)
+
+    async def _account_cdr(self, request: web.Request) -> web.StreamResponse:
+        account = request.match_info["auth_id"]
+
+        def build() -> bytes:
+            rec = self._find(account, request.match_info["uuid"])
+            return orjson.dumps({"data": rec, "success": True})
+
+        return await self._serve(request, account, build)
+
+    # -- accounts ------------------------------------------------------------------------
+    async def _accounts(self, request: web.Request) -> web.StreamResponse:
+        def build() -> bytes:
+            q = request.query
+            page = _parse_int(q.get("page", "1"), "page", 1)
+            size = _parse_int(q.get("per_page", q.get("size", "20")), "per_page", 1)
+            size = min(size, 100)
+            custs = self.data.customer_list
+            search = q.get("search", "").lower()
+            if search:
+                custs = [c for c in custs if search in c.name.lower()]
+            chunk = custs[(page - 1) * size : page * size]
+            return orjson.dumps(
+                {
+                    "accounts": [c.public() for c in chunk],
+                    "total": len(custs),
+                    "page": page,
+                    "size": size,
+                }
+            )
+
+        return await self._serve(request, None, build)
+
+    # -- control -------------------------------------------------------------------------
+    async def _ctl_stats(self, request: web.Request) -> web.Response:
+        body = {
+            "stats": dict(self.stats),
+            "shard_requests": {f"{a}|{d}": n for (a, d), n in self.shard_requests.items()},
+        }
+        return web.json_response(body)
+
+    async def _ctl_freeze(self, request: web.Request) -> web.Response:
+        self.freeze()
+        return web.json_response({"frozen": True})
+
+    async def _ctl_release(self, request: web.Request) -> web.Response:
+        self.released.set()
+        return web.json_response({"released": True})
+
+    async def _ctl_late(self, request: web.Request) -> web.Response:
+        q = request.query
+        rec = self.data.add_late_record(q["account"], dt.date.fromisoformat(q["date"]))
+        return web.json_response({"uuid": rec["uuid"]})

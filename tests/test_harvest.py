@@ -1,0 +1,172 @@
+"""End to end: the simulator over loopback HTTP → the harvester → Parquet read by DuckDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+
+from harvester.schema import SCHEMA
+from harvester.sim import SimConfig
+from tests.conftest import DAY0, assert_lake_equals, cli, dataset, no_temp_files, run_harvest
+
+
+def _sized_dataset():
+    """Shards of 0, 1, 100, 101, 2,600 and more records across 3 customers × 2 days."""
+    ds = dataset(customers=3, days=2, calls_per_day=50)
+    a, b, c = (x.auth_id for x in ds.customer_list)
+    d0, d1 = (day.isoformat() for day in ds.day_list)
+    ds.counts.update({(a, d0): 0, (a, d1): 1, (b, d0): 100, (b, d1): 101, (c, d0): 2600, (c, d1): 7})
+    return ds
+
+
+async def test_partner_harvest_is_exact(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=_sized_dataset()))
+    rep = await run_harvest(sim, tmp_path / "lake")
+    assert rep["exit_code"] == 0, rep
+    assert rep["shards"]["planned"] == 6 and rep["shards"]["verified"] == 6
+    ids = [c.auth_id for c in sim.data.customer_list]
+    expected = sim.data.records(ids, sim.data.day_list)
+    assert len(expected) == 0 + 1 + 100 + 101 + 2600 + 7
+    assert_lake_equals(tmp_path / "lake", expected)
+    assert rep["records"] == len(expected)
+    # One file per non-empty shard, deterministic names, every file on the one schema.
+    files = sorted(p.relative_to(tmp_path / "lake") for p in (tmp_path / "lake").rglob("*.parquet"))
+    assert len(files) == 5
+    assert all(str(f).startswith("date=2026-03-0") and f.name.startswith("cdr-MA_") for f in files)
+    for f in (tmp_path / "lake").rglob("*.parquet"):
+        assert pq.read_schema(f).equals(SCHEMA)
+    assert no_temp_files(tmp_path / "lake") == []
+    # The 2,600-record shard took 26 pages of 100.
+    big = sim.shard_requests[(ids[2], sim.data.day_list[0].isoformat())]
+    assert big == 26
+
+
+async def test_second_run_adds_no_duplicates(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=150)))
+    out = tmp_path / "lake"
+    first = await run_harvest(sim, out)
+    second = await run_harvest(sim, out, refresh=True)
+    assert first["exit_code"] == second["exit_code"] == 0
+    assert second["shards"]["reharvested"] == 4
+    ids = [c.auth_id for c in sim.data.customer_list]
+    assert_lake_equals(out, sim.data.records(ids, sim.data.day_list))
+
+
+async def test_global_scope_sorted_by_account(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=120)))
+    rep = await run_harvest(sim, tmp_path / "lake", scope="global")
+    assert rep["exit_code"] == 0 and rep["shards"]["planned"] == 2
+    ids = [c.auth_id for c in sim.data.customer_list]
+    assert_lake_equals(tmp_path / "lake", sim.data.records(ids, sim.data.day_list))
+    files = list((tmp_path / "lake").rglob("*.parquet"))
+    assert sorted(f.name for f in files) == ["cdr-global.parquet"] * 2
+    for f in files:
+        accounts = pq.read_table(f, columns=["account_id"]).column(0).to_pylist()
+        assert accounts == sorted(accounts) and len(set(accounts)) == 3
+
+
+async def test_account_scope_with_customer_credentials(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=130)))
+    cust = sim.data.customer_list[1]
+    rep = await run_harvest(sim, tmp_path / "lake", scope="account", auth_id=cust.auth_id,
+                            auth_token=cust.auth_token)  # fmt: skip
+    assert rep["exit_code"] == 0, rep
+    assert_lake_equals(tmp_path / "lake", sim.data.records([cust.auth_id], sim.data.day_list))
+
+
+async def test_given_customers_only(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=4, days=1, calls_per_day=90)))
+    pick = (sim.data.customer_list[0].auth_id, sim.data.customer_list[3].auth_id)
+    rep = await run_harvest(sim, tmp_path / "lake", customers=pick)
+    assert rep["exit_code"] == 0 and rep["accounts"] == 2
+    assert_lake_equals(tmp_path / "lake", sim.data.records(list(pick), sim.data.day_list))
+    assert sim.stats["requests"] == rep["requests"]  # no account listing was needed
+
+
+async def test_filters_reach_the_api(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=300)))
+    filters = {"call_direction": "inbound", "min_duration": "30", "status": "answered"}
+    rep = await run_harvest(sim, tmp_path / "lake", filters=filters)
+    assert rep["exit_code"] == 0, rep
+    ids = [c.auth_id for c in sim.data.customer_list]
+    want = [
+        r
+        for r in sim.data.records(ids, sim.data.day_list)
+        if r["call_direction"] == "inbound" and r["duration"] >= 30 and r["billsec"] > 0
+    ]
+    assert 0 < len(want) < len(sim.data.records(ids, sim.data.day_list)) / 4
+    assert_lake_equals(tmp_path / "lake", want)
+    # The lake remembers its filters: another filter set into the same lake is refused.
+    other = await run_harvest(sim, tmp_path / "lake", filters={"call_direction": "outbound"})
+    assert other["exit_code"] == 2 and "filters" in other["error"]
+
+
+async def test_server_granting_fewer_per_page(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, calls_per_day=500),
+                                    max_per_page=30))  # fmt: skip
+    rep = await run_harvest(sim, tmp_path / "lake")
+    assert rep["exit_code"] == 0
+    recs = sim.data.records([sim.data.customer_list[0].auth_id], sim.data.day_list)
+    assert_lake_equals(tmp_path / "lake", recs)
+    assert rep["pages"] == -(-len(recs) // 30)
+
+
+async def test_429_and_500_are_retried_and_result_exact(start_sim, tmp_path: Path) -> None:
+    # A 4 req/s limit the harvester does not know about, plus a 500/502/503/504 at the start.
+    sim = await start_sim(
+        SimConfig(dataset=dataset(customers=2, days=1, calls_per_day=250), rate_limit=4, burst=2)
+    )
+    sim.faults.pick = _scripted(["500", "503", "429-header"])  # type: ignore[method-assign]
+    rep = await run_harvest(sim, tmp_path / "lake", rate=None)
+    assert rep["exit_code"] == 0, rep
+    assert rep["throttled"] >= 1 and rep["retries"] >= 3
+    assert sim.stats["fault:500"] == 1 and sim.stats["fault:503"] == 1
+    ids = [c.auth_id for c in sim.data.customer_list]
+    assert_lake_equals(tmp_path / "lake", sim.data.records(ids, sim.data.day_list))
+
+
+def _scripted(kinds: list[str]):
+    queue = list(kinds)
+
+    def pick() -> str | None:
+        return queue.pop(0) if queue else None
+
+    return pick
+
+
+async def test_wrong_token_exits_3_with_clear_message(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1)))
+    code, out, err = await cli(
+        "harvest", "--base-url", sim.base_url, "--auth-id", sim.config.auth_id,
+        "--start-date", "2026-03-01", "--out", str(tmp_path / "lake"), "--json",
+        env={"VOBIZ_AUTH_TOKEN": "wrong-token-value"},
+    )  # fmt: skip
+    assert code == 3, err
+    assert "401" in err and "INVALID_CREDENTIALS" in err
+    assert "Traceback" not in err
+    assert orjson.loads(out)["exit_code"] == 3
+    assert "wrong-token-value" not in out + err
+
+
+async def test_cli_harvest_json_and_layout(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=3, calls_per_day=80)))
+    out = tmp_path / "lake"
+    code, stdout, err = await cli(
+        "harvest", "--base-url", sim.base_url, "--start-date", "2026-03-01", "--end-date",
+        "2026-03-03", "--out", str(out), "--json", "--rate", "unlimited",
+        env={"VOBIZ_AUTH_ID": sim.config.auth_id, "VOBIZ_AUTH_TOKEN": sim.config.auth_token},
+    )  # fmt: skip
+    assert code == 0, err
+    rep = orjson.loads(stdout)
+    assert rep["shards"]["verified"] == 6 and rep["status"] == "complete"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_lake.json", "_manifest", "date=2026-03-01", "date=2026-03-02", "date=2026-03-03",
+    ]  # fmt: skip
+    assert "COMPLETE" in err and "read_parquet" in err
+    ids = [c.auth_id for c in sim.data.customer_list]
+    assert_lake_equals(out, sim.data.records(ids, sim.data.day_list))
+    assert DAY0.isoformat() in rep["start_date"]
+    assert dt.date.fromisoformat(rep["end_date"]) == sim.data.day_list[-1]
