@@ -263,7 +263,7 @@ class Harvester:
             n += 1
         for _ in range(self.cfg.verify_attempts * 4):
             probe = await self.page(shard, 1, per_page)
-            add(probe)
+            fresh = add(probe)
             first = probe
             if len(seen) == probe.total:
                 break
@@ -271,9 +271,13 @@ class Harvester:
             # page brings nothing new (or the end), then probe again.
             n = 2
             while n <= probe.pages:
-                if add(await self.page(shard, n, per_page)) == 0:
+                got = add(await self.page(shard, n, per_page))
+                fresh += got
+                if got == 0:
                     break
                 n += 1
+            if fresh == 0:
+                break  # nothing new arrived: this shortfall is not drift, catching up won't heal it
         table = pa.Table.from_batches(batches, schema=SCHEMA)
         return order(dedupe(table)), first, len(batches)
 

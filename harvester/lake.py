@@ -26,6 +26,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harvester.crashpoints import crash_point
 from harvester.errors import LakeError, UsageError
 from harvester.plan import Shard
 
@@ -182,8 +183,10 @@ class Lake:
             )
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            crash_point("before-rename")
             os.replace(tmp, final)
             _fsync_dir(final.parent)
+            crash_point("after-rename")
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -198,6 +201,7 @@ class Lake:
             _write_atomic(path, orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
         except OSError as e:
             raise LakeError(f"cannot write {path}: {e.strerror or e}") from None
+        crash_point("after-commit")
 
     def committed(self, shard: Shard) -> dict[str, Any] | None:
         return self._read_json(self.manifest_path(shard))

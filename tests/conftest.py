@@ -25,6 +25,8 @@ from harvester.sim import Dataset, SimConfig, Simulator
 
 DAY0 = dt.date(2026, 3, 1)
 TODAY = dt.date(2026, 3, 20)  # the harvester's "today" in tests with fixed days
+# For subprocess runs, which take the real clock: days safely in the past, whatever today is.
+PAST = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=10)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -120,11 +122,11 @@ def no_temp_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
 
 
-async def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, str, str]:
-    """Run ``python -m harvester ARGS`` in a subprocess; returns (code, stdout, stderr)."""
+async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """Start ``python -m harvester ARGS`` (no VOBIZ_* from the outer environment)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("VOBIZ_")}
     full_env.update(env or {})
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "harvester",
@@ -134,9 +136,25 @@ async def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 12
         env=full_env,
         cwd=str(ROOT),
     )
+
+
+async def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, str, str]:
+    """Run ``python -m harvester ARGS`` in a subprocess; returns (code, stdout, stderr)."""
+    proc = await spawn(*args, env=env)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def sim_args(sim: Simulator, out: Path, *extra: str) -> list[str]:
+    """CLI args harvesting all of ``sim``'s days into ``out`` (credentials via env)."""
+    days = sim.data.day_list
+    return ["harvest", "--base-url", sim.base_url, "--start-date", days[0].isoformat(),
+            "--end-date", days[-1].isoformat(), "--out", str(out), "--rate", "unlimited", *extra]  # fmt: skip
+
+
+def sim_env(sim: Simulator, **more: str) -> dict[str, str]:
+    return {"VOBIZ_AUTH_ID": sim.config.auth_id, "VOBIZ_AUTH_TOKEN": sim.config.auth_token, **more}
 
 
 def dataset(**kw: Any) -> Dataset:

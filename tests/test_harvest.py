@@ -10,7 +10,16 @@ import pyarrow.parquet as pq
 
 from harvester.schema import SCHEMA
 from harvester.sim import SimConfig
-from tests.conftest import DAY0, assert_lake_equals, cli, dataset, no_temp_files, run_harvest
+from tests.conftest import (
+    PAST,
+    assert_lake_equals,
+    cli,
+    dataset,
+    no_temp_files,
+    run_harvest,
+    sim_args,
+    sim_env,
+)
 
 
 def _sized_dataset():
@@ -138,12 +147,11 @@ def _scripted(kinds: list[str]):
 
 
 async def test_wrong_token_exits_3_with_clear_message(start_sim, tmp_path: Path) -> None:
-    sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1)))
+    sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, end_date=PAST)))
     code, out, err = await cli(
-        "harvest", "--base-url", sim.base_url, "--auth-id", sim.config.auth_id,
-        "--start-date", "2026-03-01", "--out", str(tmp_path / "lake"), "--json",
+        *sim_args(sim, tmp_path / "lake", "--json", "--auth-id", sim.config.auth_id),
         env={"VOBIZ_AUTH_TOKEN": "wrong-token-value"},
-    )  # fmt: skip
+    )
     assert code == 3, err
     assert "401" in err and "INVALID_CREDENTIALS" in err
     assert "Traceback" not in err
@@ -152,21 +160,16 @@ async def test_wrong_token_exits_3_with_clear_message(start_sim, tmp_path: Path)
 
 
 async def test_cli_harvest_json_and_layout(start_sim, tmp_path: Path) -> None:
-    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=3, calls_per_day=80)))
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=3, calls_per_day=80, end_date=PAST)))
     out = tmp_path / "lake"
-    code, stdout, err = await cli(
-        "harvest", "--base-url", sim.base_url, "--start-date", "2026-03-01", "--end-date",
-        "2026-03-03", "--out", str(out), "--json", "--rate", "unlimited",
-        env={"VOBIZ_AUTH_ID": sim.config.auth_id, "VOBIZ_AUTH_TOKEN": sim.config.auth_token},
-    )  # fmt: skip
+    code, stdout, err = await cli(*sim_args(sim, out, "--json"), env=sim_env(sim))
     assert code == 0, err
     rep = orjson.loads(stdout)
     assert rep["shards"]["verified"] == 6 and rep["status"] == "complete"
-    assert sorted(p.name for p in out.iterdir()) == [
-        "_lake.json", "_manifest", "date=2026-03-01", "date=2026-03-02", "date=2026-03-03",
-    ]  # fmt: skip
+    days = [f"date={d}" for d in sim.data.day_list]
+    assert sorted(p.name for p in out.iterdir()) == ["_lake.json", "_manifest", *days]
     assert "COMPLETE" in err and "read_parquet" in err
     ids = [c.auth_id for c in sim.data.customer_list]
     assert_lake_equals(out, sim.data.records(ids, sim.data.day_list))
-    assert DAY0.isoformat() in rep["start_date"]
+    assert dt.date.fromisoformat(rep["start_date"]) == sim.data.day_list[0]
     assert dt.date.fromisoformat(rep["end_date"]) == sim.data.day_list[-1]

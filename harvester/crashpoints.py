@@ -1,0 +1,27 @@
+"""Deterministic crash points for kill -9 tests of resume (off unless the env asks).
+
+``VOBIZ_HARVEST_CRASH=<point>:<n>`` makes the process SIGKILL itself the n-th time it passes
+``<point>``: ``before-rename`` (shard file written under its temporary name),
+``after-rename`` (file in place, manifest not yet written) or ``after-commit``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+_SPEC = os.environ.get("VOBIZ_HARVEST_CRASH", "")
+_seen: Counter[str] = Counter()
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process here if the environment scheduled it."""
+    if not _SPEC:
+        return
+    point, _, n = _SPEC.partition(":")
+    if point != name:
+        return
+    _seen[name] += 1
+    if _seen[name] == int(n or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
