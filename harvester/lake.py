@@ -76,6 +76,8 @@ class Lake:
         probe = self.root
         while not probe.exists():
             probe = probe.parent
+        if not probe.is_dir():
+            raise UsageError(f"--out {self.root} cannot be created: {probe} is a file")
         if not os.access(probe, os.W_OK | os.X_OK):
             raise UsageError(f"--out {self.root} is not writable (no write permission on {probe})")
 
@@ -170,9 +172,9 @@ class Lake:
             with contextlib.suppress(FileNotFoundError):
                 final.unlink()
             return 0
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         try:
+            final.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(
                 table,
                 tmp,

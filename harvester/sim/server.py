@@ -59,6 +59,8 @@ class SimConfig:
     fault_seed: int = 1
     hold_after: int | None = None  # after N CDR requests, hold every answer until released
     drift_per_second: float = 0.0  # new calls per second on the current UTC day
+    slow_seconds: float = 3.0  # how long a "slow" fault holds its answer
+    can_view_cdrs: bool = True  # the partner capability flag; False answers CDR calls with 403
 
 
 class ApiError(Exception):
@@ -153,7 +155,9 @@ class Simulator:
         self.data = self.config.dataset
         self.stats: Counter[str] = Counter()
         self.shard_requests: Counter[tuple[str, str]] = Counter()
-        self.faults = FaultInjector(self.config.fault_rate, self.config.fault_seed)
+        self.faults = FaultInjector(
+            self.config.fault_rate, self.config.fault_seed, self.config.slow_seconds
+        )
         self._buckets: dict[str, _Bucket] = {}
         self._filtered: OrderedDict[tuple[Any, ...], tuple[list[Record], dict[str, Any]]] = OrderedDict()
         self._pages: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
@@ -232,6 +236,8 @@ class Simulator:
             ok = cust is not None and aid == account and tok == cust.auth_token
         if not ok:
             raise ApiError(401, "INVALID_CREDENTIALS", "Invalid or missing X-Auth-ID / X-Auth-Token")
+        if account is None and not self.config.can_view_cdrs and "cdrs" in request.path:
+            raise ApiError(403, "PERMISSION_DENIED", "partner capability can_view_cdrs is false")
         return aid
 
     def _limit(self, credential: str) -> None:
