@@ -21,6 +21,7 @@ import email.utils
 import logging
 import random
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -135,6 +136,7 @@ class Client:
         self._sem = asyncio.Semaphore(concurrency)
         self._pause_until = 0.0
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: str | None = None
         self._connect_failures = 0
         self.on_event: Callable[[str, str], None] = lambda kind, text: None
 
@@ -144,8 +146,11 @@ class Client:
             connector=connector,
             headers=self._headers,
             timeout=self.timeout,
-            trust_env=True,  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY like other HTTP tools
+            # Proxies are resolved once (below) instead of aiohttp's trust_env, which
+            # re-reads the environment and ~/.netrc on every request.
+            trust_env=False,
         )
+        self._proxy = env_proxy(self.base_url)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -169,7 +174,7 @@ class Client:
 
     async def _send(self, path: str, params: Mapping[str, str] | None) -> tuple[int, Any, bytes]:
         assert self._session is not None, "use 'async with Client(...)'"
-        async with self._session.get(self.base_url + path, params=params) as resp:
+        async with self._session.get(self.base_url + path, params=params, proxy=self._proxy) as resp:
             body = await resp.read()
             return resp.status, resp.headers, body
 
@@ -235,6 +240,15 @@ class Client:
             self.on_event("retry", f"{what}: {reason}")
             await asyncio.sleep(delay if wait is None else 0)
         raise RetriesExhausted(f"{what}: {reason} (after {self.policy.retries + 1} attempts)")
+
+
+def env_proxy(base_url: str) -> str | None:
+    """The proxy for ``base_url`` from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, like other HTTP tools."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if urllib.request.proxy_bypass_environment(host):  # type: ignore[attr-defined]
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
 
 
 def _os_reason(e: aiohttp.ClientConnectorError) -> str:

@@ -22,12 +22,11 @@ import pyarrow.compute as pc
 
 from harvester.client import Client
 from harvester.config import HarvestConfig
-from harvester.decode import Page, decode_page
+from harvester.decode import Collector, Page, decode_page
 from harvester.endpoints import list_params, list_path
 from harvester.errors import HarvestError, NotFound, RetriesExhausted
 from harvester.lake import Lake
 from harvester.plan import Shard, days, discover_accounts, shards_for
-from harvester.schema import SCHEMA
 from harvester.verify import Verdict, verify
 
 log = logging.getLogger("harvester.engine")
@@ -231,55 +230,51 @@ class Harvester:
         """Closed day: probe page 1, then every other page at once."""
         first = await self.page(shard, 1, self.cfg.per_page)
         per_page = first.per_page  # the server may grant fewer than asked
-        batches = [first.batch]
+        got = Collector()
+        got.add(first)
+
+        async def fetch(n: int) -> None:
+            got.add(await self.page(shard, n, per_page))
+
         if first.pages > 1:
             try:
                 async with asyncio.TaskGroup() as tg:
-                    tasks = [tg.create_task(self.page(shard, n, per_page)) for n in range(2, first.pages + 1)]
+                    for n in range(2, first.pages + 1):
+                        tg.create_task(fetch(n))
             except ExceptionGroup as eg:
                 raise _first_error(eg) from None
-            batches.extend(t.result().batch for t in tasks)
-        table = pa.Table.from_batches(batches, schema=SCHEMA)
-        return order(dedupe(table)), first, len(batches)
+        return order(dedupe(got.table())), first, got.pages
 
     async def _walk(self, shard: Shard) -> tuple[pa.Table, Page, int]:
         """Open day (or a retry): walk forward, then re-probe and catch up until whole."""
-        batches: list[pa.RecordBatch] = []
-        seen: set[str] = set()
-
-        def add(p: Page) -> int:
-            batches.append(p.batch)
-            fresh = set(p.batch.column("uuid").to_pylist()) - seen
-            seen.update(fresh)
-            return len(fresh)
-
+        got = Collector(track_uuids=True)
+        assert got.seen is not None
         first = await self.page(shard, 1, self.cfg.per_page)
         per_page = first.per_page
-        add(first)
+        got.add(first)
         n, last = 2, first
         while n <= last.pages:
             last = await self.page(shard, n, per_page)
-            add(last)
+            got.add(last)
             n += 1
         for _ in range(self.cfg.verify_attempts * 4):
             probe = await self.page(shard, 1, per_page)
-            fresh = add(probe)
+            fresh = got.add(probe)
             first = probe
-            if len(seen) == probe.total:
+            if len(got.seen) == probe.total:
                 break
             # Calls arrived while we walked: they sit on the first pages. Walk on until a
             # page brings nothing new (or the end), then probe again.
             n = 2
             while n <= probe.pages:
-                got = add(await self.page(shard, n, per_page))
-                fresh += got
-                if got == 0:
+                new = got.add(await self.page(shard, n, per_page))
+                fresh += new
+                if new == 0:
                     break
                 n += 1
             if fresh == 0:
                 break  # nothing new arrived: this shortfall is not drift, catching up won't heal it
-        table = pa.Table.from_batches(batches, schema=SCHEMA)
-        return order(dedupe(table)), first, len(batches)
+        return order(dedupe(got.table())), first, got.pages
 
 
 def _first_error(eg: BaseExceptionGroup) -> BaseException:

@@ -31,6 +31,12 @@ from harvester.errors import LakeError, UsageError
 from harvester.plan import Shard
 
 FORMAT = 1
+# Low-cardinality columns only: dictionary-encoding uuids and numbers is wasted work per file.
+DICTIONARY_COLUMNS = [
+    "account_id", "call_direction", "currency", "hangup_cause", "hangup_cause_name",
+    "hangup_disposition", "hangup_source", "failure_code", "failure_reason", "sip_user_agent",
+    "codec", "context", "region", "origination_region", "trunk_id", "campaign_id",
+]  # fmt: skip
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -182,6 +188,7 @@ class Lake:
                 row_group_size=128 * 1024,
                 coerce_timestamps="us",
                 allow_truncated_timestamps=False,
+                use_dictionary=DICTIONARY_COLUMNS,
             )
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())

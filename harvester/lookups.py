@@ -12,7 +12,7 @@ import orjson
 
 from harvester.client import Client, RetryPolicy
 from harvester.config import parse_date
-from harvester.decode import decode_json, decode_page
+from harvester.decode import Collector, decode_json, decode_page
 from harvester.endpoints import list_params, list_path, one_path
 from harvester.errors import NotFound, UsageError
 from harvester.plan import discover_accounts
@@ -75,7 +75,8 @@ async def _probe(args: argparse.Namespace, client: Client) -> int:
         account = account or args.auth_id
     path = list_path(args.scope, account)
     first = await client.get(path, list_params(day, {}, 1, 100), lambda b: decode_page(b, 1, 100), "page 1")
-    batches = [first.batch]
+    got = Collector()
+    got.add(first)
     if first.pages > 1:
         last = await client.get(
             path,
@@ -83,8 +84,8 @@ async def _probe(args: argparse.Namespace, client: Client) -> int:
             lambda b: decode_page(b, first.pages, first.per_page),
             "last page",
         )
-        batches.append(last.batch)
-    times = [t for b in batches for t in b.column("start_time").to_pylist() if t is not None]
+        got.add(last)
+    times = [t for t in got.table().column("start_time").to_pylist() if t is not None]
     lo = min(times) if times else None
     hi = max(times) if times else None
     midnight = dt.datetime.combine(day, dt.time(), dt.UTC)

@@ -155,9 +155,7 @@ class Simulator:
         self.data = self.config.dataset
         self.stats: Counter[str] = Counter()
         self.shard_requests: Counter[tuple[str, str]] = Counter()
-        self.faults = FaultInjector(
-            self.config.fault_rate, self.config.fault_seed, self.config.slow_seconds
-        )
+        self.faults = FaultInjector(self.config.fault_rate, self.config.fault_seed, self.config.slow_seconds)
         self._buckets: dict[str, _Bucket] = {}
         self._filtered: OrderedDict[tuple[Any, ...], tuple[list[Record], dict[str, Any]]] = OrderedDict()
         self._pages: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()

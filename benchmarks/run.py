@@ -1,0 +1,287 @@
+"""Throughput benchmarks: the harvester against the naive loop, on the simulator.
+
+    python -m benchmarks                      # loopback, latency, limit scenarios
+    python -m benchmarks --scenario memory    # 1M records, peak RSS
+    python -m benchmarks --scenario loopback --runs 5
+
+The simulator runs in its own process (its CPU is measured separately, to show it is not
+the bottleneck). Each client runs as a subprocess so its CPU seconds and peak RSS come from
+the kernel (``wait4``). Clients alternate, the median of ``--runs`` is reported, and every
+result is checked against the simulator's own records: a fast wrong answer fails the run.
+Results go to ``benchmarks/results/<scenario>.json`` and ``benchmarks/results/latest.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as ds
+
+from harvester.sim import Dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+END = dt.date(2026, 3, 7)  # fixed days: results do not depend on today
+TOKEN = "sim-partner-token"
+
+
+@dataclass
+class Scenario:
+    name: str
+    customers: int
+    days: int
+    calls: int
+    clients: list[str]
+    latency_ms: float = 0
+    rate_limit: float | None = None
+    runs: int = 3
+    sim_extra: list[str] = field(default_factory=list)
+
+
+SCENARIOS = {
+    "loopback": Scenario("loopback", 20, 7, 950, ["harvester", "naive"]),
+    "latency": Scenario("latency", 5, 7, 950, ["harvester", "naive"], latency_ms=50),
+    "limit": Scenario("limit", 4, 5, 1000, ["harvester@19", "harvester@auto"], rate_limit=20, runs=1),
+    "memory": Scenario("memory", 50, 20, 1000, ["harvester"], runs=1),
+    "progress": Scenario("progress", 20, 7, 950, ["harvester", "harvester+progress"], runs=5),
+}
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user+system) a live process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(parts[11]) + int(parts[12])) / ticks
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Sim:
+    """The simulator in its own process."""
+
+    def __init__(self, sc: Scenario) -> None:
+        args = [sys.executable, "-m", "harvester", "sim", "--port", "0", "--customers", str(sc.customers),
+                "--days", str(sc.days), "--calls-per-day", str(sc.calls), "--end-date", END.isoformat(),
+                "--latency-ms", str(sc.latency_ms), *sc.sim_extra]  # fmt: skip
+        if sc.rate_limit:
+            args += ["--rate-limit", str(sc.rate_limit)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"http://[0-9.]+:[0-9]+", line)
+        if not match:
+            raise RuntimeError(f"simulator did not start: {line!r}")
+        self.url = match.group(0)
+
+    def cpu(self) -> float:
+        return _proc_cpu(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _client(kind: str, sim: Sim, sc: Scenario, out: Path) -> dict[str, Any]:
+    start = (END - dt.timedelta(days=sc.days - 1)).isoformat()
+    if kind == "naive":
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.naive",
+            sim.url,
+            "PA_SIMULATOR",
+            TOKEN,
+            start,
+            END.isoformat(),
+            str(out),
+        ]
+    else:
+        rate = kind.split("@", 1)[1] if "@" in kind else "unlimited"
+        cmd = [sys.executable, "-m", "harvester", "harvest", "--base-url", sim.url, "--start-date", start,
+               "--end-date", END.isoformat(), "--out", str(out), "--rate", rate, "--json", "--quiet",
+               "--concurrency", "32" if sc.latency_ms else "16"]  # fmt: skip
+        if "+progress" in kind:
+            cmd.append("--progress")
+    env = {"VOBIZ_AUTH_ID": "PA_SIMULATOR", "VOBIZ_AUTH_TOKEN": TOKEN}
+    sim_cpu0 = sim.cpu()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, **env}
+    )
+    peak_kb = 0
+    while True:  # VmHWM is the child's own high-water mark (ru_maxrss would include our pre-exec RSS)
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    stdout = proc.stdout.read() if proc.stdout else b""
+    stderr = proc.stderr.read() if proc.stderr else b""
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{kind} exited {code}: {stderr.decode()[-3000:]}")
+    rep = json.loads(stdout.decode().strip().splitlines()[-1])
+    cpu = ru.ru_utime + ru.ru_stime
+    res = {
+        "client": kind,
+        "records": rep["records"],
+        "pages": rep["pages"],
+        "elapsed_s": rep["elapsed_s"],
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "requests": rep.get("requests", rep["pages"] + 1),
+        "throttled": rep.get("throttled", 0),
+        "rate": rep.get("rate", "sequential"),
+        "sim_cpu_s": round(sim.cpu() - sim_cpu0, 3),
+    }
+    res["records_per_s"] = round(res["records"] / res["elapsed_s"], 1)
+    res["pages_per_s"] = round(res["pages"] / res["elapsed_s"], 2)
+    res["requests_per_s"] = round(res["requests"] / res["elapsed_s"], 2)
+    res["cpu_s_per_m_records"] = round(cpu / max(1, res["records"]) * 1e6, 2)
+    return res
+
+
+def _check(out: Path, expected: set[str]) -> None:
+    """The result must equal the simulator's records: same uuids, no duplicates."""
+    files = [str(p) for p in out.rglob("*.parquet")]
+    uuids = ds.dataset(files, format="parquet").to_table(columns=["uuid"]).column("uuid").to_pylist()
+    if len(uuids) != len(set(uuids)) or set(uuids) != expected:
+        raise SystemExit(
+            f"WRONG RESULT in {out}: {len(uuids)} rows, {len(set(uuids))} distinct, expected {len(expected)}"
+        )
+
+
+def _expected_uuids(sc: Scenario) -> set[str]:
+    """The simulator's uuids, generated shard by shard (the records themselves are not kept)."""
+    data = Dataset(seed=7, customers=sc.customers, days=sc.days, calls_per_day=sc.calls, end_date=END,
+                   cache_records=0)  # fmt: skip
+    return {
+        r["uuid"] for c in data.customer_list for day in data.day_list for r in data.shard(c.auth_id, day)
+    }
+
+
+def run_scenario(sc: Scenario, runs: int | None) -> dict[str, Any]:
+    runs = runs or sc.runs
+    expected = _expected_uuids(sc)
+    print(
+        f"[{sc.name}] {sc.customers} customers × {sc.days} days, {len(expected):,} records", file=sys.stderr
+    )
+    sim = Sim(sc)
+    results: dict[str, list[dict[str, Any]]] = {c: [] for c in sc.clients}
+    tmp = Path(tempfile.mkdtemp(prefix="vobiz-bench-"))
+    try:
+        warm = tmp / "warm"
+        _client("harvester", sim, sc, warm)  # the simulator renders and caches its pages
+        shutil.rmtree(warm)
+        for i in range(runs):
+            for kind in sc.clients if i % 2 == 0 else list(reversed(sc.clients)):
+                out = tmp / f"{kind.replace('@', '-').replace('+', '-')}-{i}"
+                res = _client(kind, sim, sc, out)
+                _check(out, expected)
+                shutil.rmtree(out)
+                results[kind].append(res)
+                print(f"  {kind:<20} run {i + 1}: {res['records_per_s']:>10,.0f} rec/s, "
+                      f"cpu {res['cpu_s']:.2f}s, rss {res['peak_rss_mb']} MB", file=sys.stderr)  # fmt: skip
+    finally:
+        sim.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    summary = {k: _median(v) for k, v in results.items()}
+    base = summary.get("naive")
+    for row in summary.values():
+        row["vs_naive"] = round(row["records_per_s"] / base["records_per_s"], 2) if base else None
+        row["limit_share"] = round(row["requests_per_s"] / sc.rate_limit, 3) if sc.rate_limit else None
+        row["sim_cpu_share"] = round(row["sim_cpu_s"] / max(1e-9, row["cpu_s"]), 3)
+    return {"scenario": sc.name, "records": len(expected), "latency_ms": sc.latency_ms,
+            "rate_limit": sc.rate_limit, "runs": runs, "clients": summary,
+            "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "cpus": os.cpu_count()}  # fmt: skip
+
+
+def _median(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, (int, float)):
+            out[key] = statistics.median(r[key] for r in rows)
+    return out
+
+
+COLUMNS = [("client", "client"), ("records_per_s", "records/s"), ("pages_per_s", "pages/s"),
+           ("requests_per_s", "req/s"), ("limit_share", "share of limit"), ("throttled", "429s"),
+           ("cpu_s_per_m_records", "CPU s / M records"), ("peak_rss_mb", "peak RSS MB"),
+           ("vs_naive", "× naive"), ("sim_cpu_share", "sim CPU / client CPU")]  # fmt: skip
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.1f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def table(result: dict[str, Any]) -> str:
+    head = (f"**{result['scenario']}**: {result['records']:,} records, latency {result['latency_ms']} ms, "
+            f"limit {result['rate_limit'] or 'none'}, median of {result['runs']}")  # fmt: skip
+    lines = [head, "", "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in result["clients"].values():
+        cells = []
+        for key, _ in COLUMNS:
+            v = row.get(key)
+            cells.append(
+                "–"
+                if v is None
+                else (f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
+                   help="repeatable; default loopback, latency, limit")  # fmt: skip
+    p.add_argument("--runs", type=int, default=None, help="runs per client (median reported)")
+    args = p.parse_args(argv)
+    names = args.scenario or ["loopback", "latency", "limit"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for name in names:
+        result = run_scenario(SCENARIOS[name], args.runs)
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        tables.append(table(result))
+        print(tables[-1] + "\n")
+    latest = RESULTS / "latest.md"
+    sections = {}
+    if latest.exists():
+        for block in latest.read_text().split("\n\n\n"):
+            if block.startswith("**"):
+                sections[block.split("**")[1]] = block.strip()
+    for name, t in zip(names, tables, strict=True):
+        sections[name] = t
+    latest.write_text("\n\n\n".join(sections[k] for k in sorted(sections)) + "\n")
+    return 0
