@@ -347,13 +347,41 @@ def _lookup_parser(sub: Any) -> None:
     d.add_argument("--scope", default="partner", choices=list(SCOPES))
     d.add_argument("--customer", metavar="AUTH_ID", help="customer (partner scope); default: the first")
     d.add_argument("--json", action="store_true")
-    _add_source(d)  # fmt: skip
+    _add_source(d)
+    b = sub.add_parser(
+        "bench",
+        help="pagination throughput of one shard at rising concurrency",
+        description="Fetch the same shard at each concurrency level within --rate and "
+        "report pages/s, records/s, latency p50/p95/p99 and 429s.",
+    )
+    b.add_argument("--date", help="the shard's day, YYYY-MM-DD (default: yesterday UTC)")
+    b.add_argument("--scope", default="partner", choices=list(SCOPES))
+    b.add_argument("--customer", metavar="AUTH_ID", help="partner scope: the customer (default: the first)")
+    b.add_argument("--levels", default="1,2,4,8,16,32", help="concurrency levels (default %(default)s)")
+    b.add_argument("--rate", default="unlimited", help="requests/s cap for every level (default unlimited)")
+    b.add_argument("--per-page", type=int, default=100, choices=range(1, 101), metavar="1-100")
+    b.add_argument("--max-pages", type=int, default=200, help="pages per level at most (default 200)")
+    b.add_argument("--json", action="store_true", help="the result as one JSON object on stdout")
+    b.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="draw records/s and p95 latency against concurrency (needs the plot extra)",
+    )
+    _add_source(b)  # fmt: skip
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
     from harvester import lookups
 
     return lookups.run(args, _token(args), check_base_url(args.base_url, args.insecure))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harvester import bench
+
+    return bench.main(args, _token(args), check_base_url(args.base_url, args.insecure))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,6 +404,7 @@ COMMANDS = {
     "get": cmd_lookup,
     "accounts": cmd_lookup,
     "probe-dates": cmd_lookup,
+    "bench": cmd_bench,
 }
 
 

@@ -137,6 +137,7 @@ class Client:
         self._pause_until = 0.0
         self._session: aiohttp.ClientSession | None = None
         self._proxy: str | None = None
+        self.latencies: list[float] | None = None  # set to a list to record each request's latency
         self._connect_failures = 0
         self.on_event: Callable[[str, str], None] = lambda kind, text: None
 
@@ -174,9 +175,12 @@ class Client:
 
     async def _send(self, path: str, params: Mapping[str, str] | None) -> tuple[int, Any, bytes]:
         assert self._session is not None, "use 'async with Client(...)'"
+        t0 = time.perf_counter()
         async with self._session.get(self.base_url + path, params=params, proxy=self._proxy) as resp:
             body = await resp.read()
-            return resp.status, resp.headers, body
+        if self.latencies is not None:
+            self.latencies.append(time.perf_counter() - t0)
+        return resp.status, resp.headers, body
 
     async def get(
         self, path: str, params: Mapping[str, str] | None, decode: Callable[[bytes], T], what: str
