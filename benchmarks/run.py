@@ -83,9 +83,25 @@ class Sim:
     """The simulator in its own process."""
 
     def __init__(self, sc: Scenario) -> None:
-        args = [sys.executable, "-m", "harvester", "sim", "--port", "0", "--customers", str(sc.customers),
-                "--days", str(sc.days), "--calls-per-day", str(sc.calls), "--end-date", END.isoformat(),
-                "--latency-ms", str(sc.latency_ms), *sc.sim_extra]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "harvester",
+            "sim",
+            "--port",
+            "0",
+            "--customers",
+            str(sc.customers),
+            "--days",
+            str(sc.days),
+            "--calls-per-day",
+            str(sc.calls),
+            "--end-date",
+            END.isoformat(),
+            "--latency-ms",
+            str(sc.latency_ms),
+            *sc.sim_extra,
+        ]
         if sc.rate_limit:
             args += ["--rate-limit", str(sc.rate_limit)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -120,9 +136,26 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path) -> dict[str, Any]:
         ]
     else:
         rate = kind.split("@", 1)[1] if "@" in kind else "unlimited"
-        cmd = [sys.executable, "-m", "harvester", "harvest", "--base-url", sim.url, "--start-date", start,
-               "--end-date", END.isoformat(), "--out", str(out), "--rate", rate, "--json", "--quiet",
-               "--concurrency", "32" if sc.latency_ms else "16"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "harvester",
+            "harvest",
+            "--base-url",
+            sim.url,
+            "--start-date",
+            start,
+            "--end-date",
+            END.isoformat(),
+            "--out",
+            str(out),
+            "--rate",
+            rate,
+            "--json",
+            "--quiet",
+            "--concurrency",
+            "32" if sc.latency_ms else "16",
+        ]
         if "+progress" in kind:
             cmd.append("--progress")
     env = {"VOBIZ_AUTH_ID": "PA_SIMULATOR", "VOBIZ_AUTH_TOKEN": TOKEN}
@@ -178,8 +211,9 @@ def _check(out: Path, expected: set[str]) -> None:
 
 def _expected_uuids(sc: Scenario) -> set[str]:
     """The simulator's uuids, generated shard by shard (the records themselves are not kept)."""
-    data = Dataset(seed=7, customers=sc.customers, days=sc.days, calls_per_day=sc.calls, end_date=END,
-                   cache_records=0)  # fmt: skip
+    data = Dataset(
+        seed=7, customers=sc.customers, days=sc.days, calls_per_day=sc.calls, end_date=END, cache_records=0
+    )
     return {
         r["uuid"] for c in data.customer_list for day in data.day_list for r in data.shard(c.auth_id, day)
     }
@@ -205,8 +239,11 @@ def run_scenario(sc: Scenario, runs: int | None) -> dict[str, Any]:
                 _check(out, expected)
                 shutil.rmtree(out)
                 results[kind].append(res)
-                print(f"  {kind:<20} run {i + 1}: {res['records_per_s']:>10,.0f} rec/s, "
-                      f"cpu {res['cpu_s']:.2f}s, rss {res['peak_rss_mb']} MB", file=sys.stderr)  # fmt: skip
+                print(
+                    f"  {kind:<20} run {i + 1}: {res['records_per_s']:>10,.0f} rec/s, "
+                    f"cpu {res['cpu_s']:.2f}s, rss {res['peak_rss_mb']} MB",
+                    file=sys.stderr,
+                )
     finally:
         sim.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -216,10 +253,16 @@ def run_scenario(sc: Scenario, runs: int | None) -> dict[str, Any]:
         row["vs_naive"] = round(row["records_per_s"] / base["records_per_s"], 2) if base else None
         row["limit_share"] = round(row["requests_per_s"] / sc.rate_limit, 3) if sc.rate_limit else None
         row["sim_cpu_share"] = round(row["sim_cpu_s"] / max(1e-9, row["cpu_s"]), 3)
-    return {"scenario": sc.name, "records": len(expected), "latency_ms": sc.latency_ms,
-            "rate_limit": sc.rate_limit, "runs": runs, "clients": summary,
-            "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "cpus": os.cpu_count()}  # fmt: skip
+    return {
+        "scenario": sc.name,
+        "records": len(expected),
+        "latency_ms": sc.latency_ms,
+        "rate_limit": sc.rate_limit,
+        "runs": runs,
+        "clients": summary,
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+    }
 
 
 def _median(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -230,10 +273,18 @@ def _median(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-COLUMNS = [("client", "client"), ("records_per_s", "records/s"), ("pages_per_s", "pages/s"),
-           ("requests_per_s", "req/s"), ("limit_share", "share of limit"), ("throttled", "429s"),
-           ("cpu_s_per_m_records", "CPU s / M records"), ("peak_rss_mb", "peak RSS MB"),
-           ("vs_naive", "× naive"), ("sim_cpu_share", "sim CPU / client CPU")]  # fmt: skip
+COLUMNS = [
+    ("client", "client"),
+    ("records_per_s", "records/s"),
+    ("pages_per_s", "pages/s"),
+    ("requests_per_s", "req/s"),
+    ("limit_share", "share of limit"),
+    ("throttled", "429s"),
+    ("cpu_s_per_m_records", "CPU s / M records"),
+    ("peak_rss_mb", "peak RSS MB"),
+    ("vs_naive", "× naive"),
+    ("sim_cpu_share", "sim CPU / client CPU"),
+]
 
 
 def _cell(v: Any) -> str:
@@ -245,8 +296,10 @@ def _cell(v: Any) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    head = (f"**{result['scenario']}**: {result['records']:,} records, latency {result['latency_ms']} ms, "
-            f"limit {result['rate_limit'] or 'none'}, median of {result['runs']}")  # fmt: skip
+    head = (
+        f"**{result['scenario']}**: {result['records']:,} records, latency {result['latency_ms']} ms, "
+        f"limit {result['rate_limit'] or 'none'}, median of {result['runs']}"
+    )
     lines = [head, "", "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in result["clients"].values():
         cells = []
@@ -263,8 +316,12 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
-    p.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
-                   help="repeatable; default loopback, latency, limit")  # fmt: skip
+    p.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        help="repeatable; default loopback, latency, limit",
+    )
     p.add_argument("--runs", type=int, default=None, help="runs per client (median reported)")
     args = p.parse_args(argv)
     names = args.scenario or ["loopback", "latency", "limit"]

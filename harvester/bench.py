@@ -38,18 +38,34 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-async def _level(args: argparse.Namespace, token: str, base_url: str, level: int,
-                 path: str, day: dt.date, pages: int, per_page: int) -> dict[str, Any]:  # fmt: skip
-    client = Client(base_url, args.auth_id, token, make_pacer(parse_rate(args.rate)), concurrency=level,
-                    timeout=args.timeout, connect_timeout=args.connect_timeout,
-                    policy=RetryPolicy(retries=args.retries))  # fmt: skip
+async def _level(
+    args: argparse.Namespace,
+    token: str,
+    base_url: str,
+    level: int,
+    path: str,
+    day: dt.date,
+    pages: int,
+    per_page: int,
+) -> dict[str, Any]:
+    client = Client(
+        base_url,
+        args.auth_id,
+        token,
+        make_pacer(parse_rate(args.rate)),
+        concurrency=level,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        policy=RetryPolicy(retries=args.retries),
+    )
     client.latencies = []
     records = 0
 
     async def one(n: int) -> None:
         nonlocal records
-        page = await client.get(path, list_params(day, {}, n, per_page),
-                                lambda b: decode_page(b, n, per_page), f"page {n}")  # fmt: skip
+        page = await client.get(
+            path, list_params(day, {}, n, per_page), lambda b: decode_page(b, n, per_page), f"page {n}"
+        )
         records += page.rows
 
     async with client:
@@ -88,8 +104,15 @@ async def run_bench(args: argparse.Namespace, token: str, base_url: str) -> dict
         else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     )
     account = args.customer
-    async with Client(base_url, args.auth_id, token, make_pacer(None), concurrency=2, timeout=args.timeout,
-                      policy=RetryPolicy(retries=args.retries)) as probe_client:  # fmt: skip
+    async with Client(
+        base_url,
+        args.auth_id,
+        token,
+        make_pacer(None),
+        concurrency=2,
+        timeout=args.timeout,
+        policy=RetryPolicy(retries=args.retries),
+    ) as probe_client:
         if args.scope == "partner" and not account:
             found = await discover_accounts(probe_client)
             if not found:
@@ -98,8 +121,9 @@ async def run_bench(args: argparse.Namespace, token: str, base_url: str) -> dict
         elif args.scope == "account":
             account = account or args.auth_id
         path = list_path(args.scope, account)
-        first = await probe_client.get(path, list_params(day, {}, 1, args.per_page),
-                                       lambda b: decode_page(b, 1, args.per_page), "page 1")  # fmt: skip
+        first = await probe_client.get(
+            path, list_params(day, {}, 1, args.per_page), lambda b: decode_page(b, 1, args.per_page), "page 1"
+        )
     pages = min(first.pages, args.max_pages)
     if pages == 0:
         raise UsageError(f"shard {day}/{account or 'global'} is empty: pick another --date or --customer")
@@ -114,8 +138,13 @@ async def run_bench(args: argparse.Namespace, token: str, base_url: str) -> dict
     for level in levels:
         rows.append(await _level(args, token, base_url, level, path, day, pages, first.per_page))
         print(_row(rows[-1]), file=out, flush=True)
-    return {"shard": f"{day}/{account or 'global'}", "total": first.total, "per_page": first.per_page,
-            "rate": args.rate, "levels": rows}  # fmt: skip
+    return {
+        "shard": f"{day}/{account or 'global'}",
+        "total": first.total,
+        "per_page": first.per_page,
+        "rate": args.rate,
+        "levels": rows,
+    }
 
 
 def _levels(text: str) -> list[int]:
@@ -128,14 +157,18 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
-HEAD = (f"{'conc':>5} {'pages':>6} {'pages/s':>9} {'records/s':>11} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'429s':>5}")  # fmt: skip
+HEAD = (
+    f"{'conc':>5} {'pages':>6} {'pages/s':>9} {'records/s':>11} {'p50 ms':>8} {'p95 ms':>8} "
+    f"{'p99 ms':>8} {'429s':>5}"
+)
 
 
 def _row(r: dict[str, Any]) -> str:
-    return (f"{r['concurrency']:>5} {r['pages']:>6} {r['pages_per_s']:>9.1f} {r['records_per_s']:>11,.0f} "
-            f"{r['latency_ms_p50']:>8.1f} {r['latency_ms_p95']:>8.1f} {r['latency_ms_p99']:>8.1f} "
-            f"{r['throttled']:>5}")  # fmt: skip
+    return (
+        f"{r['concurrency']:>5} {r['pages']:>6} {r['pages_per_s']:>9.1f} {r['records_per_s']:>11,.0f} "
+        f"{r['latency_ms_p50']:>8.1f} {r['latency_ms_p95']:>8.1f} {r['latency_ms_p99']:>8.1f} "
+        f"{r['throttled']:>5}"
+    )
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -154,8 +187,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("concurrency (requests in flight)")
     ax.set_ylabel("records/s")
     ax2 = ax.twinx()
-    ax2.plot(levels, [r["latency_ms_p95"] for r in result["levels"]], marker="s", color="tab:red",
-             label="p95 latency ms")  # fmt: skip
+    ax2.plot(
+        levels,
+        [r["latency_ms_p95"] for r in result["levels"]],
+        marker="s",
+        color="tab:red",
+        label="p95 latency ms",
+    )
     ax2.set_ylabel("p95 latency (ms)")
     ax.set_xticks(levels, [str(n) for n in levels])
     ax.set_title(f"Pagination throughput, shard {result['shard']} (rate {result['rate']})", fontsize=10)

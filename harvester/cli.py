@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -71,7 +70,7 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
     g.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to connect (default 10)")
-    g.add_argument("--retries", type=int, default=8, help="retries per request (default 8)")  # fmt: skip
+    g.add_argument("--retries", type=int, default=8, help="retries per request (default 8)")
 
 
 def _token(args: argparse.Namespace) -> str:
@@ -159,12 +158,50 @@ def _harvest_parser(sub: Any) -> None:
         "--out", type=Path, default=Path("vobiz-lake"), help="lake directory (default ./vobiz-lake)"
     )
     o.add_argument("--json", action="store_true", help="print the run summary as one JSON object on stdout")
-    _add_logging(o)  # fmt: skip
+    _add_logging(o)
 
 
 def _add_logging(g: Any) -> None:
-    g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    g.add_argument("--quiet", "-q", action="store_true", help="no summary table on stderr")
+    g.add_argument("--quiet", "-q", action="store_true", help="no summary table and no progress on stderr")
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live progress bar on stderr (default: on when stderr is a terminal; "
+        "otherwise a log line every --progress-interval seconds)",
+    )
+    g.add_argument(
+        "--progress-interval",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds between progress log lines when stderr is not a terminal (default 30)",
+    )
+    g.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="info shows each retry and 429 wait (default warning)",
+    )
+    g.add_argument("--log-format", default="text", choices=["text", "json"])
+    g.add_argument("--log-file", type=Path, default=None, help="log here instead of stderr")
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (customers, days, shards, requests, time at --rate); write nothing",
+    )
+    g.add_argument(
+        "--probe",
+        action="store_true",
+        help="with --dry-run: probe page 1 of each shard to count the requests exactly",
+    )
+    g.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE.toml",
+        help="read flags from a TOML file (keys are flag names); flags given here override it",
+    )
 
 
 def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> HarvestConfig:
@@ -224,10 +261,16 @@ def _emit(rep: dict[str, Any], args: argparse.Namespace) -> int:
 
 
 def cmd_harvest(args: argparse.Namespace) -> int:
+    from harvester.progress import Progress, choose_mode
     from harvester.run import harvest
 
     cfg = harvest_config(args)
-    rep = asyncio.run(harvest(cfg))
+    if args.dry_run:
+        from harvester.dryrun import dry_run
+
+        return dry_run(cfg, probe=args.probe, as_json=args.json)
+    mode = choose_mode(args.progress, args.quiet)
+    rep = asyncio.run(harvest(cfg, progress=lambda h: Progress(h, mode, args.progress_interval)))
     return _emit(rep, args)
 
 
@@ -240,7 +283,7 @@ def _sim_parser(sub: Any) -> None:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    _add_sim_data(p)  # fmt: skip
+    _add_sim_data(p)
 
 
 def _add_sim_data(p: argparse.ArgumentParser) -> None:
@@ -269,7 +312,7 @@ def _add_sim_data(p: argparse.ArgumentParser) -> None:
         help="new calls per second arriving on the current UTC day",
     )
     g.add_argument("--partner-id", default="PA_SIMULATOR")
-    g.add_argument("--partner-token", default="sim-partner-token")  # fmt: skip
+    g.add_argument("--partner-token", default="sim-partner-token")
 
 
 def _sim_config(args: argparse.Namespace) -> Any:
@@ -283,10 +326,18 @@ def _sim_config(args: argparse.Namespace) -> Any:
         calls_per_day=args.calls_per_day,
         end_date=end,
     )
-    return SimConfig(dataset=data, auth_id=args.partner_id, auth_token=args.partner_token,
-                     rate_limit=args.rate_limit, burst=args.burst, latency_ms=args.latency_ms,
-                     max_per_page=args.max_per_page, fault_rate=args.fault_rate,
-                     fault_seed=args.fault_seed, drift_per_second=args.drift)  # fmt: skip
+    return SimConfig(
+        dataset=data,
+        auth_id=args.partner_id,
+        auth_token=args.partner_token,
+        rate_limit=args.rate_limit,
+        burst=args.burst,
+        latency_ms=args.latency_ms,
+        max_per_page=args.max_per_page,
+        fault_rate=args.fault_rate,
+        fault_seed=args.fault_seed,
+        drift_per_second=args.drift,
+    )
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -369,7 +420,7 @@ def _lookup_parser(sub: Any) -> None:
         metavar="FILE.png",
         help="draw records/s and p95 latency against concurrency (needs the plot extra)",
     )
-    _add_source(b)  # fmt: skip
+    _add_source(b)
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
@@ -408,12 +459,41 @@ COMMANDS = {
 }
 
 
+def _with_config(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; a ``--config FILE.toml`` supplies defaults that flags override."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    path = getattr(args, "config", None)
+    if path is None:
+        return args
+    from harvester.settings import given_on_command_line, load_toml
+
+    sub = _subparser(parser, args.command)
+    defaults = load_toml(path, sub)
+    for action in sub._actions:  # a repeatable flag on the command line replaces the file's list
+        if isinstance(action, argparse._AppendAction) and given_on_command_line(argv, action):
+            defaults.pop(action.dest, None)
+    sub.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise AssertionError(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = getattr(args, "log_level", "warning").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)  # fmt: skip
+    from harvester import logs
+
     try:
+        args = _with_config(list(sys.argv[1:] if argv is None else argv))
+        logs.setup(
+            getattr(args, "log_level", "warning"),
+            getattr(args, "log_format", "text"),
+            getattr(args, "log_file", None),
+        )
         return COMMANDS[args.command](args)
     except HarvestError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")

@@ -51,8 +51,10 @@ def demo(out: Path, as_json: bool) -> int:
     """Harvest a small partner data set into ``out`` and print a DuckDB query over it."""
     import duckdb
 
-    print(f"Harvesting 4 customers × 3 days from the embedded Vobiz API simulator into {out}/ ...",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"Harvesting 4 customers × 3 days from the embedded Vobiz API simulator into {out}/ ...",
+        file=sys.stderr,
+    )
     rep = asyncio.run(_run(out))
     sys.stderr.write(report.render(rep) + "\n\n")
     if as_json:

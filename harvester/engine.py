@@ -52,7 +52,8 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     shards_planned: int = 0
     pages: int = 0
-    records: int = 0
+    fetched: int = 0  # records received in pages (before dedupe)
+    records: int = 0  # records committed to the lake
     bytes: int = 0
     results: list[ShardResult] = field(default_factory=list)
     accounts: int = 0
@@ -208,6 +209,7 @@ class Harvester:
             what,
         )
         self.stats.pages += 1
+        self.stats.fetched += page.rows
         return page
 
     async def fetch(self, shard: Shard) -> tuple[pa.Table, Page, Verdict, int, int]:

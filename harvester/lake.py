@@ -33,10 +33,23 @@ from harvester.plan import Shard
 FORMAT = 1
 # Low-cardinality columns only: dictionary-encoding uuids and numbers is wasted work per file.
 DICTIONARY_COLUMNS = [
-    "account_id", "call_direction", "currency", "hangup_cause", "hangup_cause_name",
-    "hangup_disposition", "hangup_source", "failure_code", "failure_reason", "sip_user_agent",
-    "codec", "context", "region", "origination_region", "trunk_id", "campaign_id",
-]  # fmt: skip
+    "account_id",
+    "call_direction",
+    "currency",
+    "hangup_cause",
+    "hangup_cause_name",
+    "hangup_disposition",
+    "hangup_source",
+    "failure_code",
+    "failure_reason",
+    "sip_user_agent",
+    "codec",
+    "context",
+    "region",
+    "origination_region",
+    "trunk_id",
+    "campaign_id",
+]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

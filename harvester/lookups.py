@@ -25,8 +25,16 @@ def _client(args: argparse.Namespace, token: str, base_url: str) -> Client:
             "no credentials: pass --auth-id and --auth-token (or --auth-token-file), "
             "or set VOBIZ_AUTH_ID and VOBIZ_AUTH_TOKEN"
         )
-    return Client(base_url, args.auth_id, token, Pacer(), concurrency=4, timeout=args.timeout,
-                  connect_timeout=args.connect_timeout, policy=RetryPolicy(retries=args.retries))  # fmt: skip
+    return Client(
+        base_url,
+        args.auth_id,
+        token,
+        Pacer(),
+        concurrency=4,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        policy=RetryPolicy(retries=args.retries),
+    )
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:

@@ -21,7 +21,7 @@ from harvester.ratelimit import make_pacer
 log = logging.getLogger("harvester.run")
 
 
-async def harvest(cfg: HarvestConfig, on_start: Callable[[Harvester], Any] | None = None) -> dict[str, Any]:
+async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | None = None) -> dict[str, Any]:
     """Run one harvest; returns the report (its ``exit_code`` is the process exit code)."""
     lake = Lake(cfg.out)
     lake.check_usable()
@@ -57,11 +57,14 @@ async def harvest(cfg: HarvestConfig, on_start: Callable[[Harvester], Any] | Non
     try:
         async with client:
             lake.open(cfg.identity)
+            reporter = progress(harvester) if progress else None
             try:
-                if on_start:
-                    on_start(harvester)
+                if reporter is not None:
+                    reporter.start()
                 await harvester.run()
             finally:
+                if reporter is not None:
+                    reporter.close()
                 lake.close()
     except asyncio.CancelledError:
         if not stop_reason:

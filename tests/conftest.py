@@ -149,8 +149,20 @@ async def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 12
 def sim_args(sim: Simulator, out: Path, *extra: str) -> list[str]:
     """CLI args harvesting all of ``sim``'s days into ``out`` (credentials via env)."""
     days = sim.data.day_list
-    return ["harvest", "--base-url", sim.base_url, "--start-date", days[0].isoformat(),
-            "--end-date", days[-1].isoformat(), "--out", str(out), "--rate", "unlimited", *extra]  # fmt: skip
+    return [
+        "harvest",
+        "--base-url",
+        sim.base_url,
+        "--start-date",
+        days[0].isoformat(),
+        "--end-date",
+        days[-1].isoformat(),
+        "--out",
+        str(out),
+        "--rate",
+        "unlimited",
+        *extra,
+    ]
 
 
 def sim_env(sim: Simulator, **more: str) -> dict[str, str]:

@@ -12,14 +12,27 @@ from tests.conftest import PAST, cli, dataset, sim_env
 
 
 async def test_bench_levels_json_and_plot(start_sim, tmp_path: Path) -> None:
-    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=1, calls_per_day=700, end_date=PAST),
-                                    rate_limit=200, burst=2))  # fmt: skip
+    sim = await start_sim(
+        SimConfig(
+            dataset=dataset(customers=2, days=1, calls_per_day=700, end_date=PAST), rate_limit=200, burst=2
+        )
+    )
     day = sim.data.day_list[0]
     cust = sim.data.customer_list[1].auth_id
     want = len(sim.data.shard(cust, day))
     png = tmp_path / "bench.png"
-    args = ["bench", "--base-url", sim.base_url, "--date", day.isoformat(), "--customer", cust,
-            "--levels", "1,2,4", "--json"]  # fmt: skip
+    args = [
+        "bench",
+        "--base-url",
+        sim.base_url,
+        "--date",
+        day.isoformat(),
+        "--customer",
+        cust,
+        "--levels",
+        "1,2,4",
+        "--json",
+    ]
     pytest.importorskip("matplotlib")
     code, out, err = await cli(*args, "--plot", str(png), env=sim_env(sim))
     assert code == 0, err

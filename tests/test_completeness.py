@@ -87,8 +87,9 @@ async def test_open_day_is_rechecked_until_closed(start_sim, tmp_path: Path) -> 
     first = await run_harvest(sim, out, today=last)  # the last day is "today": open
     assert first["exit_code"] == 0
     # Next run, same day: the open shard is re-checked (1 request) though not asked for.
-    second = await run_harvest(sim, out, today=last, start_date=sim.data.day_list[0],
-                               end_date=sim.data.day_list[0])  # fmt: skip
+    second = await run_harvest(
+        sim, out, today=last, start_date=sim.data.day_list[0], end_date=sim.data.day_list[0]
+    )
     assert second["shards"]["rechecked"] == 1 and second["shards"]["skipped"] == 1
     # A day later it is closed: the re-check finds it unchanged and marks it final.
     third = await run_harvest(sim, out, today=last + dt.timedelta(days=1))
@@ -242,8 +243,9 @@ async def test_nightly_lookback_rechecks_and_heals_late_records(start_sim, tmp_p
 async def test_no_dates_means_yesterday(start_sim, tmp_path: Path) -> None:
     sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=3, calls_per_day=40, end_date=PAST)))
     out = tmp_path / "lake"
-    code, stdout, err = await cli("harvest", "--base-url", sim.base_url, "--out", str(out), "--json",
-                                  env=sim_env(sim))  # fmt: skip
+    code, stdout, err = await cli(
+        "harvest", "--base-url", sim.base_url, "--out", str(out), "--json", env=sim_env(sim)
+    )
     rep = orjson.loads(stdout)
     yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     assert rep["start_date"] == rep["end_date"] == yesterday.isoformat(), err
@@ -253,8 +255,9 @@ async def test_no_dates_means_yesterday(start_sim, tmp_path: Path) -> None:
 async def test_probe_dates_reports_the_bucket(start_sim) -> None:
     sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=300, end_date=PAST)))
     day = sim.data.day_list[0]
-    code, out, err = await cli("probe-dates", "--base-url", sim.base_url, "--date", day.isoformat(), "--json",
-                               env=sim_env(sim))  # fmt: skip
+    code, out, err = await cli(
+        "probe-dates", "--base-url", sim.base_url, "--date", day.isoformat(), "--json", env=sim_env(sim)
+    )
     assert code == 0, err
     rep = orjson.loads(out)
     first = min(c.auth_id for c in sim.data.customer_list)  # the listing is sorted by auth_id

@@ -50,9 +50,15 @@ def test_timestamps_with_offsets_and_naive_are_utc() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"<html>502</html>", b'{"success": true, "data": [{"uuid": "x"', b'{"data": {}}', b'{"data": [1, 2]}',
-     b'{"data": [], "pagination": {}}', b'{"success": false, "data": []}'],
-)  # fmt: skip
+    [
+        b"<html>502</html>",
+        b'{"success": true, "data": [{"uuid": "x"',
+        b'{"data": {}}',
+        b'{"data": [1, 2]}',
+        b'{"data": [], "pagination": {}}',
+        b'{"success": false, "data": []}',
+    ],
+)
 def test_bodies_that_are_not_pages_are_decode_errors(body: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_page(body, 1, 100)

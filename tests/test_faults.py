@@ -111,10 +111,17 @@ async def test_forbidden_exits_3(start_sim, tmp_path: Path) -> None:
 
 async def test_unreachable_host_exits_4(tmp_path: Path) -> None:
     code, _, err = await cli(
-        "harvest", "--base-url", "http://127.0.0.1:9", "--start-date", PAST.isoformat(),
-        "--out", str(tmp_path / "lake"), "--retries", "3",
+        "harvest",
+        "--base-url",
+        "http://127.0.0.1:9",
+        "--start-date",
+        PAST.isoformat(),
+        "--out",
+        str(tmp_path / "lake"),
+        "--retries",
+        "3",
         env={"VOBIZ_AUTH_ID": "PA_X", "VOBIZ_AUTH_TOKEN": "t0ken-never-shown"},
-    )  # fmt: skip
+    )
     assert code == 4, err
     assert "127.0.0.1:9" in err and "Traceback" not in err
     assert "t0ken-never-shown" not in err
@@ -195,8 +202,10 @@ async def test_no_secret_is_ever_written(start_sim, tmp_path: Path) -> None:
     assert code == 0, stderr
     log.write_text(stdout + stderr)
     # a run refused with 401, and the listing commands, print nothing secret either
-    code401, out401, err401 = await cli(*sim_args(sim, tmp_path / "other", "--log-level", "debug"),
-                                        env=sim_env(sim, VOBIZ_AUTH_TOKEN="WRONG" + secrets[0]))  # fmt: skip
+    code401, out401, err401 = await cli(
+        *sim_args(sim, tmp_path / "other", "--log-level", "debug"),
+        env=sim_env(sim, VOBIZ_AUTH_TOKEN="WRONG" + secrets[0]),
+    )
     assert code401 == 3
     code_acc, out_acc, err_acc = await cli("accounts", "--base-url", sim.base_url, "--json", env=sim_env(sim))
     assert code_acc == 0 and len(orjson.loads(out_acc)) == 3

@@ -80,8 +80,9 @@ async def test_global_scope_sorted_by_account(start_sim, tmp_path: Path) -> None
 async def test_account_scope_with_customer_credentials(start_sim, tmp_path: Path) -> None:
     sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=130)))
     cust = sim.data.customer_list[1]
-    rep = await run_harvest(sim, tmp_path / "lake", scope="account", auth_id=cust.auth_id,
-                            auth_token=cust.auth_token)  # fmt: skip
+    rep = await run_harvest(
+        sim, tmp_path / "lake", scope="account", auth_id=cust.auth_id, auth_token=cust.auth_token
+    )
     assert rep["exit_code"] == 0, rep
     assert_lake_equals(tmp_path / "lake", sim.data.records([cust.auth_id], sim.data.day_list))
 
@@ -114,8 +115,7 @@ async def test_filters_reach_the_api(start_sim, tmp_path: Path) -> None:
 
 
 async def test_server_granting_fewer_per_page(start_sim, tmp_path: Path) -> None:
-    sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, calls_per_day=500),
-                                    max_per_page=30))  # fmt: skip
+    sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, calls_per_day=500), max_per_page=30))
     rep = await run_harvest(sim, tmp_path / "lake")
     assert rep["exit_code"] == 0
     recs = sim.data.records([sim.data.customer_list[0].auth_id], sim.data.day_list)

@@ -30,11 +30,19 @@ _UNANSWERED = [
     ("CALL_REJECTED", 3020, "Rejected", "21", "CALL_REJECTED", "failed", 0.10),
     ("UNALLOCATED_NUMBER", 3050, "Unallocated number", "1", "UNALLOCATED_NUMBER", "failed", 0.07),
     ("ORIGINATOR_CANCEL", 1000, "Canceled", "487", "ORIGINATOR_CANCEL", "failed", 0.08),
-    ("DESTINATION_OUT_OF_ORDER", 2010, "Destination Out Of Service", "27", "DESTINATION_OUT_OF_ORDER", "failed", 0.04),
+    (
+        "DESTINATION_OUT_OF_ORDER",
+        2010,
+        "Destination Out Of Service",
+        "27",
+        "DESTINATION_OUT_OF_ORDER",
+        "failed",
+        0.04,
+    ),
     ("NORMAL_TEMPORARY_FAILURE", 5000, "Network Error", "41", "NORMAL_TEMPORARY_FAILURE", "failed", 0.04),
     ("MEDIA_TIMEOUT", 6020, "Media Timeout", "408", "MEDIA_TIMEOUT", "failed", 0.02),
     ("NO_ANSWER", 6010, "Ring Timeout Reached", "19", "NO_ANSWER", "no_answer", 0.02),
-]  # fmt: skip
+]
 _UNANSWERED_WEIGHTS = [u[6] for u in _UNANSWERED]
 _FIRST = ["Asha", "Ravi", "Priya", "Arjun", "Meera", "Kiran", "Neha", "Vikram", "Anil", "Divya"]
 _LAST = ["Sharma", "Iyer", "Patel", "Reddy", "Nair", "Gupta", "Khan", "Das", "Menon", "Rao"]
@@ -267,7 +275,9 @@ def make_record(cust: Customer, rng: random.Random, start: float, i: int, day: d
         "cost": cost,
         "created_at": iso(end),
         "currency": "INR",
-        "customer_endpoint": f"sip:ep{rng.randrange(10, 99)}@sip.vobiz.ai" if context == "sip-trunking" else None,
+        "customer_endpoint": f"sip:ep{rng.randrange(10, 99)}@sip.vobiz.ai"
+        if context == "sip-trunking"
+        else None,
         "destination_number": callee,
         "duration": duration,
         "end_time": iso(end),
@@ -296,4 +306,4 @@ def make_record(cust: Customer, rng: random.Random, start: float, i: int, day: d
         "trunk_id": f"trk_{cust.index:03d}" if context == "sip-trunking" else None,
         "updated_at": iso(updated),
         "uuid": call_uuid,
-    }  # fmt: skip
+    }
