@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -35,14 +36,20 @@ class Progress:
         if self.mode == "bar":
             from tqdm import tqdm
 
+            # A pseudo-terminal may report a 0×0 size (under `script`, in CI); tqdm would then
+            # draw nothing (no rows) or a zero-width bar: assume 160×40.
+            width, height = _terminal_size()
             self._bar = tqdm(
                 total=0,
                 unit="shard",
                 file=sys.stderr,
-                dynamic_ncols=True,
+                dynamic_ncols=width > 0,
+                ncols=None if width > 0 else 160,
+                nrows=None if height > 0 else 40,
                 leave=True,
                 desc="shards",
                 mininterval=0.25,
+                bar_format="{desc} {n_fmt}/{total_fmt} |{bar:12}| {elapsed}<{remaining} {postfix}",
             )
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
@@ -77,9 +84,9 @@ class Progress:
                 self._bar.total = snap["total"]
             self._bar.n = snap["done"]
             self._bar.set_postfix_str(
-                f"{snap['pages']:,} pages, {snap['records']:,} rec, {snap['records_per_s']:,.0f} rec/s, "
-                f"{snap['requests_per_s']:.0f} req/s (limit {snap['limit']}), "
-                f"{snap['retries']} retries, {snap['throttled']}×429",
+                f"{snap['pages']:,} pages {snap['records']:,} rec {snap['records_per_s']:,.0f} rec/s | "
+                f"{snap['requests_per_s']:.0f} req/s (limit {snap['limit']}) | "
+                f"{snap['retries']} retries {snap['throttled']}×429",
                 refresh=True,
             )
         else:
@@ -103,6 +110,14 @@ class Progress:
         if self._bar is not None:
             self.tick()
             self._bar.close()
+
+
+def _terminal_size() -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return 0, 0
+    return size.columns, size.lines
 
 
 def choose_mode(flag: bool | None, quiet: bool) -> str:
