@@ -30,6 +30,7 @@ from harvester.config import (
 )
 from harvester.endpoints import FILTER_FLAGS, SCOPES
 from harvester.errors import EXIT_USAGE, HarvestError, UsageError
+from harvester.store import is_uri
 
 PROG = "vobiz-harvest"
 
@@ -155,7 +156,20 @@ def _harvest_parser(sub: Any) -> None:
     )
     o = p.add_argument_group("output")
     o.add_argument(
-        "--out", type=Path, default=Path("vobiz-lake"), help="lake directory (default ./vobiz-lake)"
+        "--out",
+        default="vobiz-lake",
+        help="the lake: a directory, or s3://bucket/prefix (also gs://, abfs:// where pyarrow "
+        "supports them); default ./vobiz-lake",
+    )
+    o.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3-compatible endpoint (MinIO, Ceph, moto …; env AWS_ENDPOINT_URL)",
+    )
+    o.add_argument(
+        "--s3-region",
+        default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        help="S3 region (env AWS_REGION); credentials come from the usual AWS environment",
     )
     o.add_argument("--json", action="store_true", help="print the run summary as one JSON object on stdout")
     _add_logging(o)
@@ -227,7 +241,7 @@ def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> Ha
         base_url=check_base_url(args.base_url, args.insecure),
         auth_id=args.auth_id,
         auth_token=_token(args),
-        out=args.out,
+        out=args.out if is_uri(args.out) else Path(args.out),
         start_date=start,
         end_date=end,
         today=today,
@@ -246,6 +260,8 @@ def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> Ha
         lookback=args.lookback,
         refresh=args.refresh,
         max_runtime=args.max_runtime,
+        s3_endpoint_url=args.s3_endpoint_url,
+        s3_region=args.s3_region,
     )
     return validate(cfg, yes=args.yes)
 

@@ -60,6 +60,7 @@ class RetryPolicy:
     backoff_base: float = 0.25
     backoff_cap: float = 30.0
     connect_attempts: int = 4  # a host that refuses this many times in a row is unreachable
+    throttle_retries: int = 100  # 429s one request may wait out before it gives up
 
 
 def parse_retry_after(header: str | None, body: bytes) -> float | None:
@@ -165,9 +166,15 @@ class Client:
 
     async def _wait_pause(self) -> None:
         loop = asyncio.get_running_loop()
+        paused = False
         while (wait := self._pause_until - loop.time()) > 0:
+            paused = True
             self.stats.wait_seconds += wait
             await asyncio.sleep(wait)
+        if paused and self.pacer.rate is None:
+            # Unpaced workers would all resume at once and meet the server's bucket as one
+            # burst (and another 429): spread their restart over a short window.
+            await asyncio.sleep(random.uniform(0, 0.05 * self.concurrency))
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.policy.backoff_cap, self.policy.backoff_base * 2**attempt)
@@ -187,7 +194,8 @@ class Client:
     ) -> T:
         """GET ``path`` and decode it, retrying what is worth retrying; ``what`` names it."""
         reason = "no attempt"
-        for attempt in range(self.policy.retries + 1):
+        attempt = throttles = 0  # errors and 429s have separate budgets: a 429 is "wait", not "broken"
+        while True:
             await self._wait_pause()
             wait: float | None = None
             async with self._sem:
@@ -219,11 +227,12 @@ class Client:
                     self.pacer.on_success()
                     return result
             elif status == 429:
+                throttles += 1
                 self.stats.throttled += 1
                 self.pacer.on_throttle()
                 wait = parse_retry_after(headers.get("Retry-After"), body)
                 if wait is None:
-                    wait = self._backoff(attempt)
+                    wait = self._backoff(min(throttles, 6))
                 wait = min(wait, self.policy.backoff_cap * 4)
                 self.pause_all(wait)
                 reason = f"429 rate limited (waiting {wait:g}s)"
@@ -236,14 +245,17 @@ class Client:
             elif status:
                 reason = f"HTTP {status} ({error_message(body)})"
             self.stats.failures[reason.split(" (")[0]] += 1
-            if attempt == self.policy.retries:
+            if wait is None:
+                attempt += 1
+            if attempt > self.policy.retries or throttles > self.policy.throttle_retries:
                 break
             self.stats.retries += 1
-            delay = wait if wait is not None else self._backoff(attempt)
-            log.info("retry %d for %s: %s", attempt + 1, what, reason)
+            log.info("retry %d for %s: %s", attempt + throttles, what, reason)
             self.on_event("retry", f"{what}: {reason}")
-            await asyncio.sleep(delay if wait is None else 0)
-        raise RetriesExhausted(f"{what}: {reason} (after {self.policy.retries + 1} attempts)")
+            if wait is None:
+                await asyncio.sleep(self._backoff(attempt - 1))
+        tries = attempt + throttles
+        raise RetriesExhausted(f"{what}: {reason} (after {tries} attempts)")
 
 
 def env_proxy(base_url: str) -> str | None:

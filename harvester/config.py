@@ -26,7 +26,7 @@ class HarvestConfig:
     base_url: str
     auth_id: str
     auth_token: str = field(repr=False)
-    out: Path
+    out: Path | str  # a directory, or an object-store URI (s3://bucket/prefix)
     start_date: dt.date
     end_date: dt.date
     today: dt.date
@@ -45,6 +45,8 @@ class HarvestConfig:
     lookback: int = 0
     refresh: bool = False
     max_runtime: float | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
 
     @property
     def identity(self) -> dict[str, object]:

@@ -29,7 +29,9 @@ async def plan_only(cfg: HarvestConfig, probe: bool) -> dict[str, Any]:
         policy=RetryPolicy(retries=cfg.retries),
     )
     async with client:
-        h = Harvester(cfg, client, Lake(cfg.out))  # the lake is only read (manifest), never opened
+        h = Harvester(
+            cfg, client, Lake(cfg.out, cfg.s3_endpoint_url, cfg.s3_region)
+        )  # the lake is only read (manifest), never opened
         accounts = await h.accounts()
         planned = h.plan(accounts)
         modes = Counter(mode for _, mode in planned)

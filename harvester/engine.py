@@ -27,6 +27,7 @@ from harvester.endpoints import list_params, list_path
 from harvester.errors import HarvestError, NotFound, RetriesExhausted
 from harvester.lake import Lake
 from harvester.plan import Shard, days, discover_accounts, shards_for
+from harvester.store import StorageError
 from harvester.verify import Verdict, verify
 
 log = logging.getLogger("harvester.engine")
@@ -147,7 +148,7 @@ class Harvester:
         async with self._shard_sem:
             try:
                 result = await self.do_shard(shard, mode)
-            except (RetriesExhausted, NotFound) as e:
+            except (RetriesExhausted, NotFound, StorageError) as e:
                 log.warning("shard %s failed: %s", shard.key, e)
                 result = ShardResult(shard, "failed", "harvested", detail=str(e))
         self.stats.results.append(result)
@@ -175,7 +176,7 @@ class Harvester:
             "scope": shard.scope,
             "account": shard.account,
             "date": shard.day.isoformat(),
-            "file": str(self.lake.file_path(shard).relative_to(self.lake.root)) if table.num_rows else None,
+            "file": self.lake.file_key(shard) if table.num_rows else None,
             "rows": table.num_rows,
             "bytes": nbytes,
             "pages": pages,
@@ -289,6 +290,6 @@ def _first_error(eg: BaseExceptionGroup) -> BaseException:
 
     walk(eg)
     for e in flat:
-        if isinstance(e, HarvestError) and not isinstance(e, (RetriesExhausted, NotFound)):
+        if isinstance(e, HarvestError) and not isinstance(e, (RetriesExhausted, NotFound, StorageError)):
             return e
     return flat[0]

@@ -23,7 +23,7 @@ log = logging.getLogger("harvester.run")
 
 async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | None = None) -> dict[str, Any]:
     """Run one harvest; returns the report (its ``exit_code`` is the process exit code)."""
-    lake = Lake(cfg.out)
+    lake = Lake(cfg.out, cfg.s3_endpoint_url, cfg.s3_region)
     lake.check_usable()
     pacer = make_pacer(cfg.rate)
     client = Client(

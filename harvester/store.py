@@ -1,0 +1,313 @@
+"""Where a lake's bytes live: a local directory, or an object store through ``pyarrow.fs``.
+
+Both stores give the lake the same promise: an object (a shard's Parquet file, a manifest
+record) appears whole or not at all.
+
+* :class:`LocalStore` writes a hidden temporary file, fsyncs it and renames it into place.
+* :class:`ObjectStore` (``s3://``, ``gs://``, ``abfs://`` …) has no rename, so it writes each
+  object straight to its final key: the object becomes visible only when its upload
+  completes (single PUT, or multipart completed on close). A killed run leaves at most an
+  unfinished multipart upload, invisible to readers, which the next run aborts. Transient
+  storage errors (503 SlowDown, resets) are retried with backoff, separately from the API's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from harvester.crashpoints import crash_point
+from harvester.errors import HarvestError, LakeError, UsageError
+
+log = logging.getLogger("harvester.store")
+T = TypeVar("T")
+
+
+class StorageError(HarvestError):
+    """A storage operation still failed after its retries: fails one shard, not the run."""
+
+    exit_code = 1
+
+
+def is_uri(out: str | Path) -> bool:
+    return "://" in str(out)
+
+
+class LocalStore:
+    """A directory on a local (or mounted) filesystem."""
+
+    local = True
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def check_usable(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"--out {self.root} exists and is not a directory: choose another path")
+        probe = self.root
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise UsageError(f"--out {self.root} cannot be created: {probe} is a file")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise UsageError(f"--out {self.root} is not writable (no write permission on {probe})")
+
+    def prepare(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LakeError(f"cannot create {self.root}: {e.strerror}") from None
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self.path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def _replace(self, key: str, write: Callable[[Path], object]) -> Path:
+        final = self.path(key)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            crash_point("before-rename")
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            crash_point("after-rename")
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise LakeError(f"cannot write {final}: {e.strerror or e}") from None
+        return final
+
+    def write(self, key: str, data: bytes) -> None:
+        self._replace(key, lambda p: p.write_bytes(data))
+
+    def write_table(self, key: str, table: pa.Table, **options: Any) -> int:
+        return self._replace(key, lambda p: pq.write_table(table, p, **options)).stat().st_size
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(key).unlink()
+
+    def keys(self, prefix: str) -> list[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+
+    def has_data(self) -> bool:
+        return self.root.is_dir() and any(p.name.startswith("date=") for p in self.root.iterdir())
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        try:
+            fd = os.open(self.path(key), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def cleanup(self) -> int:
+        """Delete temporary files left by a killed run (the caller holds the lock)."""
+        n = 0
+        for pattern in ("date=*/.*.tmp", "_manifest/date=*/.*.tmp", ".*.tmp"):
+            for p in self.root.glob(pattern):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    n += 1
+        return n
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class ObjectStore:
+    """An object-store prefix (``s3://bucket/prefix`` and whatever else pyarrow.fs supports)."""
+
+    local = False
+    ATTEMPTS = 6
+
+    def __init__(self, uri: str, endpoint_url: str | None = None, region: str | None = None) -> None:
+        self.uri = uri.rstrip("/")
+        parts = urlsplit(self.uri)
+        self.scheme = parts.scheme
+        self.bucket = parts.netloc
+        self.prefix = parts.path.strip("/")
+        self.endpoint_url = endpoint_url
+        self.region = region
+        try:
+            if self.scheme == "s3":
+                kw: dict[str, Any] = {
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=4),
+                    "connect_timeout": 10,
+                    "request_timeout": 60,
+                }
+                if endpoint_url:
+                    ep = urlsplit(endpoint_url)
+                    kw["endpoint_override"] = ep.netloc
+                    kw["scheme"] = ep.scheme or "https"
+                if region:
+                    kw["region"] = region
+                self.fs: pafs.FileSystem = pafs.S3FileSystem(**kw)
+                self.base = f"{self.bucket}/{self.prefix}".rstrip("/")
+            else:
+                self.fs, self.base = pafs.FileSystem.from_uri(self.uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as e:
+            raise UsageError(f"--out {uri}: {_short(e)}") from None
+
+    def describe(self) -> str:
+        return self.uri
+
+    def _full(self, key: str) -> str:
+        return f"{self.base}/{key}" if self.base else key
+
+    def _retry(self, what: str, op: Callable[[], T]) -> T:
+        for attempt in range(self.ATTEMPTS):
+            try:
+                return op()
+            except (OSError, pa.ArrowException) as e:
+                if isinstance(e, FileNotFoundError) or attempt == self.ATTEMPTS - 1:
+                    raise StorageError(f"{what} {self.uri}: {_short(e)}") from None
+                delay = random.uniform(0.5, 1.0) * min(8.0, 0.2 * 2**attempt)
+                log.info("storage retry %d for %s: %s", attempt + 1, what, _short(e))
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def check_usable(self) -> None:
+        try:
+            info = self.fs.get_file_info(self.bucket if self.scheme == "s3" else self.base)
+        except (OSError, pa.ArrowException) as e:
+            raise LakeError(f"--out {self.uri}: {_short(e)}") from None
+        if self.scheme == "s3" and info.type == pafs.FileType.NotFound:
+            raise UsageError(f"--out {self.uri}: bucket {self.bucket!r} does not exist: create it first")
+
+    def prepare(self) -> None:
+        return None  # object stores have no directories to create
+
+    def read(self, key: str) -> bytes | None:
+        def op() -> bytes | None:
+            try:
+                with self.fs.open_input_stream(self._full(key)) as f:
+                    return bytes(f.read())
+            except FileNotFoundError:
+                return None
+
+        return self._retry("read", op)
+
+    def write(self, key: str, data: bytes) -> None:
+        def op() -> None:
+            with self.fs.open_output_stream(self._full(key)) as f:
+                f.write(data)
+
+        self._retry(f"write {key} to", op)
+
+    def write_table(self, key: str, table: pa.Table, **options: Any) -> int:
+        def op() -> int:
+            sink = self.fs.open_output_stream(self._full(key))
+            try:
+                pq.write_table(table, sink, **options)
+                crash_point("before-upload-complete")
+                size = sink.tell()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    sink.abort()
+                raise
+            sink.close()  # the object appears now, whole
+            return int(size)
+
+        return self._retry(f"write {key} to", op)
+
+    def delete(self, key: str) -> None:
+        def op() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(self._full(key))
+
+        self._retry("delete from", op)
+
+    def keys(self, prefix: str) -> list[str]:
+        def op() -> list[str]:
+            sel = pafs.FileSelector(self._full(prefix), recursive=True, allow_not_found=True)
+            infos = self.fs.get_file_info(sel)
+            cut = len(self.base) + 1 if self.base else 0
+            return sorted(i.path[cut:] for i in infos if i.type == pafs.FileType.File)
+
+        return self._retry("list", op)
+
+    def has_data(self) -> bool:
+        def op() -> bool:
+            sel = pafs.FileSelector(self.base, recursive=False, allow_not_found=True)
+            return any(i.base_name.startswith("date=") for i in self.fs.get_file_info(sel))
+
+        return self._retry("list", op)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Best effort (object stores here offer no create-if-absent): read, then write."""
+        if self.read(key) is not None:
+            return False
+        self.write(key, data)
+        return True
+
+    def cleanup(self) -> int:
+        """Abort unfinished multipart uploads under the lake's prefix (a killed run's)."""
+        if self.scheme != "s3":
+            return 0
+        try:
+            import boto3
+        except ImportError:
+            log.warning("boto3 is not installed: unfinished multipart uploads of a killed run are left "
+                        "to the bucket's lifecycle rules (pip install 'vobiz-harvester[s3]')")  # fmt: skip
+            return 0
+        client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region)
+        n = 0
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        try:
+            pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+                    n += 1
+        except Exception as e:
+            log.warning("could not abort unfinished uploads under %s: %s", self.uri, _short(e))
+        if n:
+            log.info("aborted %d unfinished multipart uploads under %s", n, self.uri)
+        return n
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] or type(e).__name__
+
+
+def open_store(out: str | Path, endpoint_url: str | None = None, region: str | None = None) -> Any:
+    """The store for ``--out``: a URI → :class:`ObjectStore`, else :class:`LocalStore`."""
+    if is_uri(out):
+        if str(out).startswith("file://"):
+            return LocalStore(Path(urlsplit(str(out)).path))
+        return ObjectStore(str(out), endpoint_url, region)
+    return LocalStore(Path(out))
