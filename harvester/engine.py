@@ -95,6 +95,7 @@ class Harvester:
         self.stats = RunStats()
         self.on_shard_done: list[Any] = []
         self._shard_sem = asyncio.Semaphore(max(4, cfg.concurrency * 2))
+        self._prior: dict[Any, dict[str, Any]] = {}  # the manifest as it was when the run planned
 
     # -- planning ------------------------------------------------------------------------
     async def accounts(self) -> list[str | None]:
@@ -110,12 +111,13 @@ class Harvester:
     def plan(self, accounts: list[str | None]) -> list[tuple[Shard, str]]:
         """(shard, mode) pairs; mode is harvest, recheck or skip."""
         cfg = self.cfg
+        self._prior = {rec.get("shard"): rec for rec in self.lake.manifest()}
         span = list(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
         planned: dict[Shard, str] = {}
         for shard in shards_for(cfg.scope, accounts, span):
             planned[shard] = self._mode(shard, in_lookback=shard.day < cfg.start_date)
         # A shard harvested while its day was open is never final: re-check it every run.
-        for rec in self.lake.manifest():
+        for rec in self._prior.values():
             if rec.get("open_day") and rec.get("scope") == cfg.scope:
                 shard = Shard(dt.date.fromisoformat(rec["date"]), cfg.scope, rec.get("account"))
                 if shard not in planned and not cfg.refresh:
@@ -123,7 +125,7 @@ class Harvester:
         return sorted(planned.items(), key=lambda kv: (kv[0].day, kv[0].who), reverse=True)
 
     def _mode(self, shard: Shard, in_lookback: bool) -> str:
-        rec = self.lake.committed(shard)
+        rec = self._prior.get(shard.key)
         if rec is None or self.cfg.refresh:
             return "harvest"
         if rec.get("open_day") or in_lookback:
@@ -156,7 +158,7 @@ class Harvester:
             cb(result)
 
     async def do_shard(self, shard: Shard, mode: str) -> ShardResult:
-        prior = self.lake.committed(shard)
+        prior = self._prior.get(shard.key)
         if mode == "skip":
             return ShardResult(shard, "skipped", "skipped", rows=int(prior["rows"]) if prior else 0)
         if mode == "recheck" and prior is not None:
@@ -164,7 +166,7 @@ class Harvester:
             same = first.total == prior.get("api_total") and first.summary == prior.get("api_summary")
             if same and prior.get("verified"):
                 if prior.get("open_day") and shard.day < self.cfg.today:
-                    self.lake.commit(shard, {**prior, "open_day": False})  # the day has closed
+                    await asyncio.to_thread(self.lake.commit, shard, {**prior, "open_day": False})
                 return ShardResult(shard, "unchanged", "rechecked", rows=int(prior["rows"]))
             log.info("shard %s changed since it was committed: re-harvesting", shard.key)
         action = "reharvested" if prior is not None else "harvested"
@@ -190,7 +192,7 @@ class Harvester:
             "open_day": shard.day >= self.cfg.today,
             "harvested_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        self.lake.commit(shard, record)
+        await asyncio.to_thread(self.lake.commit, shard, record)  # object stores block: keep the loop free
         self.stats.records += table.num_rows
         self.stats.bytes += nbytes
         status = "verified" if verified else "unverified"

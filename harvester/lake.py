@@ -20,6 +20,7 @@ import datetime as dt
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,12 @@ WRITE_OPTIONS: dict[str, Any] = {
 class Lake:
     """A lake on a store (opened for one run: lock, identity check, cleanup)."""
 
-    def __init__(self, out: str | Path | LocalStore | ObjectStore, endpoint_url: str | None = None,
-                 region: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        out: str | Path | LocalStore | ObjectStore,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+    ) -> None:
         self.store = (
             out if isinstance(out, (LocalStore, ObjectStore)) else open_store(out, endpoint_url, region)
         )
@@ -187,14 +192,18 @@ class Lake:
         return self._read_json(self.manifest_key(shard))
 
     def manifest(self) -> list[dict[str, Any]]:
-        """Every committed shard's record."""
-        out = []
-        for key in self.store.keys("_manifest"):
-            if key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith("."):
-                rec = self._read_json(key)
-                if rec is not None:
-                    out.append(rec)
-        return out
+        """Every committed shard's record (read in parallel: an object store answers slowly)."""
+        keys = [
+            k
+            for k in self.store.keys("_manifest")
+            if k.endswith(".json") and not k.rsplit("/", 1)[-1].startswith(".")
+        ]
+        if self.store.local or len(keys) < 8:
+            recs = [self._read_json(k) for k in keys]
+        else:
+            with ThreadPoolExecutor(16) as pool:
+                recs = list(pool.map(self._read_json, keys))
+        return [r for r in recs if r is not None]
 
     def _read_json(self, key: str) -> dict[str, Any] | None:
         data = self.store.read(key)

@@ -1,0 +1,197 @@
+"""The lake on S3: a real S3 API on loopback (moto's server, started here), storage faults
+from a proxy in front of it, kill -9 and resume, unfinished uploads aborted."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from harvester.sim import SimConfig
+from tests.conftest import PAST, cli, dataset, sim_args, sim_env
+from tests.s3env import FaultyS3Proxy
+
+moto_server = pytest.importorskip("moto.server", reason="moto[server] not installed")
+boto3 = pytest.importorskip("boto3")
+pafs = pytest.importorskip("pyarrow.fs")
+pq = pytest.importorskip("pyarrow.parquet")
+
+AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+BUCKET = "cdr-lake"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    for k, v in AWS.items():
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
+    if BUCKET not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
+        client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+@pytest.fixture
+async def proxy(moto: str) -> AsyncIterator[tuple[FaultyS3Proxy, str]]:
+    p = FaultyS3Proxy(moto)
+    url = await p.start()
+    yield p, url
+    await p.stop()
+
+
+def _s3fs(moto: str) -> Any:
+    return pafs.S3FileSystem(
+        endpoint_override=moto.split("://")[1],
+        scheme="http",
+        region="us-east-1",
+        access_key="testing",
+        secret_key="testing",
+    )
+
+
+def _read_lake(moto: str, prefix: str) -> tuple[list[str], list[str]]:
+    """(uuids of every Parquet object, every key) read straight from the S3 server."""
+    fs = _s3fs(moto)
+    infos = fs.get_file_info(pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True))
+    keys = [i.path for i in infos if i.type == pafs.FileType.File]
+    uuids: list[str] = []
+    for k in keys:
+        if k.endswith(".parquet"):
+            uuids += pq.read_table(k, filesystem=fs, columns=["uuid"]).column("uuid").to_pylist()
+    return uuids, keys
+
+
+def _expected(sim: Any) -> set[str]:
+    ids = [c.auth_id for c in sim.data.customer_list]
+    return {r["uuid"] for r in sim.data.records(ids, sim.data.day_list)}
+
+
+async def test_harvest_to_s3_through_storage_faults(start_sim, s3, moto, proxy, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=300, end_date=PAST)))
+    faulty, url = proxy
+    faulty.rate = 0.15
+    out = f"s3://{BUCKET}/faults"
+    code, stdout, err = await cli(
+        *sim_args(sim, Path("unused"), "--json"),
+        "--out",
+        out,
+        "--s3-endpoint-url",
+        url,
+        env=sim_env(sim, **AWS),
+    )
+    assert code == 0, err
+    rep = orjson.loads(stdout)
+    assert rep["shards"]["verified"] == 6 and rep["lake"] == out
+    assert faulty.stats["slowdown"] >= 1 and faulty.stats["reset"] >= 1, faulty.stats
+    uuids, keys = _read_lake(moto, "faults")
+    assert len(uuids) == len(set(uuids)) and set(uuids) == _expected(sim)
+    names = {k.split("/", 2)[2] for k in keys}
+    assert "_lake.json" in names and "_lock" not in names
+    assert sum(1 for n in names if n.startswith("_manifest/")) == 6
+    assert all(n.startswith(("_lake.json", "_manifest/", "date=")) for n in names)
+    assert not [n for n in names if n.rsplit("/", 1)[-1].startswith(".")]
+    # DuckDB-style readers: pyarrow's dataset over the prefix with hive partitioning
+    import pyarrow.dataset as pads
+
+    ds = pads.dataset(
+        f"{BUCKET}/faults",
+        filesystem=_s3fs(moto),
+        format="parquet",
+        partitioning="hive",
+        exclude_invalid_files=False,
+        ignore_prefixes=["_", "."],
+    )
+    assert ds.count_rows() == len(uuids) and "date" in ds.schema.names
+    secrets = [sim.config.auth_token, AWS["AWS_SECRET_ACCESS_KEY"] + "x"]
+    assert not any(s in stdout + err for s in secrets)
+
+
+@pytest.mark.parametrize("point", ["after-commit:2", "before-upload-complete:3"])
+async def test_kill9_then_resume_on_s3(start_sim, s3, moto, proxy, point: str) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=250, end_date=PAST)))
+    _, url = proxy
+    prefix = f"kill-{point.split(':')[0]}"
+    out = f"s3://{BUCKET}/{prefix}"
+    args = [*sim_args(sim, Path("unused"), "--concurrency", "2"), "--out", out, "--s3-endpoint-url", url]
+    code, _, _ = await cli(*args, env=sim_env(sim, VOBIZ_HARVEST_CRASH=point, **AWS))
+    assert code == -signal.SIGKILL
+    uuids, keys = _read_lake(moto, prefix)
+    manifest = [k for k in keys if "/_manifest/" in k]
+    assert len(manifest) < 6
+    parquet = [k for k in keys if k.endswith(".parquet")]
+    assert len(parquet) <= len(manifest) + 1  # at most the shard whose manifest was not written yet
+    # A dead run's unfinished multipart upload (simulated) must be aborted by the next run.
+    up = s3.create_multipart_upload(Bucket=BUCKET, Key=f"{prefix}/date={PAST}/cdr-orphan.parquet")
+    assert s3.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{prefix}/").get("Uploads")
+    before = dict(sim.shard_requests)
+    code, _, err = await cli(*args, env=sim_env(sim, **AWS))
+    assert code == 0, err
+    uuids, keys = _read_lake(moto, prefix)
+    assert len(uuids) == len(set(uuids)) and set(uuids) == _expected(sim)
+    assert not s3.list_multipart_uploads(Bucket=BUCKET, Prefix=f"{prefix}/").get("Uploads"), up["UploadId"]
+    for key in manifest:  # committed shards were not fetched again
+        day, who = key.split("/_manifest/date=")[1].removesuffix(".json").split("/")
+        assert sim.shard_requests[(who, day)] == before.get((who, day), 0)
+
+
+async def test_storage_failure_fails_the_shard_not_the_run(start_sim, s3, moto, proxy) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=1, calls_per_day=150, end_date=PAST)))
+    faulty, url = proxy
+    broken = sim.data.customer_list[0].auth_id
+    faulty.fail_puts_matching = f"cdr-{broken}.parquet"
+    out = f"s3://{BUCKET}/broken"
+    code, stdout, err = await cli(
+        *sim_args(sim, Path("unused"), "--json"),
+        "--out",
+        out,
+        "--s3-endpoint-url",
+        url,
+        env=sim_env(sim, **AWS),
+    )
+    assert code == 1, err
+    rep = orjson.loads(stdout)
+    assert rep["shards"]["failed"] == 1 and rep["shards"]["verified"] == 2
+    assert broken in rep["failed"][0]["shard"] and "s3://" in rep["failed"][0]["detail"]
+    _, keys = _read_lake(moto, "broken")
+    assert not [k for k in keys if broken in k]  # neither a file nor a manifest record
+    faulty.fail_puts_matching = None
+    code, stdout, err = await cli(
+        *sim_args(sim, Path("unused"), "--json"),
+        "--out",
+        out,
+        "--s3-endpoint-url",
+        url,
+        env=sim_env(sim, **AWS),
+    )
+    assert code == 0 and orjson.loads(stdout)["shards"]["skipped"] == 2
+
+
+async def test_missing_bucket_is_a_usage_error(start_sim, s3, moto) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, end_date=PAST)))
+    code, _, err = await cli(
+        *sim_args(sim, Path("unused")),
+        "--out",
+        "s3://no-such-bucket/x",
+        "--s3-endpoint-url",
+        moto,
+        env=sim_env(sim, **AWS),
+    )
+    assert code == 2 and "no-such-bucket" in err and "Traceback" not in err
