@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import re
 import shutil
@@ -54,9 +55,10 @@ class Scenario:
 SCENARIOS = {
     "loopback": Scenario("loopback", 20, 7, 950, ["harvester", "naive"]),
     "latency": Scenario("latency", 5, 7, 950, ["harvester", "naive"], latency_ms=50),
-    "limit": Scenario("limit", 4, 5, 1000, ["harvester@19", "harvester@auto"], rate_limit=20, runs=1),
-    "memory": Scenario("memory", 50, 20, 1000, ["harvester"], runs=1),
+    "limit": Scenario("limit", 4, 15, 1000, ["harvester@20", "harvester@auto"], rate_limit=20, runs=1),
+    "memory": Scenario("memory", 40, 25, 1000, ["harvester"], runs=1),
     "progress": Scenario("progress", 20, 7, 950, ["harvester", "harvester+progress"], runs=5),
+    "s3": Scenario("s3", 20, 7, 950, ["harvester", "harvester>s3"], runs=3),
 }
 
 
@@ -120,7 +122,26 @@ class Sim:
         self.proc.wait(10)
 
 
-def _client(kind: str, sim: Sim, sc: Scenario, out: Path) -> dict[str, Any]:
+class S3:
+    """A local S3 server (moto) for the object-store scenario, in this process's threads."""
+
+    def __init__(self) -> None:
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=self.url, region_name="us-east-1").create_bucket(Bucket="bench")
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) -> dict[str, Any]:
     start = (END - dt.timedelta(days=sc.days - 1)).isoformat()
     if kind == "naive":
         cmd = [
@@ -158,6 +179,8 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path) -> dict[str, Any]:
         ]
         if "+progress" in kind:
             cmd.append("--progress")
+        if ">s3" in kind and s3 is not None:
+            cmd += ["--out", f"s3://bench/{out.name}", "--s3-endpoint-url", s3.url]
     env = {"VOBIZ_AUTH_ID": "PA_SIMULATOR", "VOBIZ_AUTH_TOKEN": TOKEN}
     sim_cpu0 = sim.cpu()
     t0 = time.perf_counter()
@@ -199,10 +222,19 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path) -> dict[str, Any]:
     return res
 
 
-def _check(out: Path, expected: set[str]) -> None:
+def _check(out: Path, expected: set[str], s3: S3 | None = None) -> None:
     """The result must equal the simulator's records: same uuids, no duplicates."""
-    files = [str(p) for p in out.rglob("*.parquet")]
-    uuids = ds.dataset(files, format="parquet").to_table(columns=["uuid"]).column("uuid").to_pylist()
+    if s3 is not None:
+        import pyarrow.fs as pafs
+
+        fs = pafs.S3FileSystem(endpoint_override=s3.url.split("://")[1], scheme="http", region="us-east-1")
+        infos = fs.get_file_info(pafs.FileSelector(f"bench/{out.name}", recursive=True))
+        files = [i.path for i in infos if i.path.endswith(".parquet")]
+        table = ds.dataset(files, format="parquet", filesystem=fs).to_table(columns=["uuid"])
+    else:
+        files = [str(p) for p in out.rglob("*.parquet")]
+        table = ds.dataset(files, format="parquet").to_table(columns=["uuid"])
+    uuids = table.column("uuid").to_pylist()
     if len(uuids) != len(set(uuids)) or set(uuids) != expected:
         raise SystemExit(
             f"WRONG RESULT in {out}: {len(uuids)} rows, {len(set(uuids))} distinct, expected {len(expected)}"
@@ -226,18 +258,20 @@ def run_scenario(sc: Scenario, runs: int | None) -> dict[str, Any]:
         f"[{sc.name}] {sc.customers} customers × {sc.days} days, {len(expected):,} records", file=sys.stderr
     )
     sim = Sim(sc)
+    s3 = S3() if any(">s3" in k for k in sc.clients) else None
     results: dict[str, list[dict[str, Any]]] = {c: [] for c in sc.clients}
     tmp = Path(tempfile.mkdtemp(prefix="vobiz-bench-"))
     try:
         warm = tmp / "warm"
-        _client("harvester", sim, sc, warm)  # the simulator renders and caches its pages
+        warm_kind = next(k for k in sc.clients if k.startswith("harvester")).split(">")[0].split("+")[0]
+        _client(warm_kind, sim, sc, warm)  # the simulator renders and caches its pages
         shutil.rmtree(warm)
         for i in range(runs):
             for kind in sc.clients if i % 2 == 0 else list(reversed(sc.clients)):
                 out = tmp / f"{kind.replace('@', '-').replace('+', '-')}-{i}"
-                res = _client(kind, sim, sc, out)
-                _check(out, expected)
-                shutil.rmtree(out)
+                res = _client(kind, sim, sc, out, s3)
+                _check(out, expected, s3 if ">s3" in kind else None)
+                shutil.rmtree(out, ignore_errors=True)
                 results[kind].append(res)
                 print(
                     f"  {kind:<20} run {i + 1}: {res['records_per_s']:>10,.0f} rec/s, "
@@ -246,6 +280,8 @@ def run_scenario(sc: Scenario, runs: int | None) -> dict[str, Any]:
                 )
     finally:
         sim.stop()
+        if s3 is not None:
+            s3.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     summary = {k: _median(v) for k, v in results.items()}
     base = summary.get("naive")

@@ -88,6 +88,22 @@ def parse_retry_after(header: str | None, body: bytes) -> float | None:
     return None
 
 
+def parse_limit_hint(body: bytes) -> float | None:
+    """The requests/s limit a 429's documented body names (``error.details.limit``), if any."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    if not isinstance(details, dict) or str(details.get("limitType", "")).lower() == "concurrent":
+        return None
+    limit = details.get("limit")
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0:
+        return float(limit)
+    return None
+
+
 def error_message(body: bytes) -> str:
     """The API's message from either documented error shape, else the raw text."""
     try:
@@ -229,7 +245,7 @@ class Client:
             elif status == 429:
                 throttles += 1
                 self.stats.throttled += 1
-                self.pacer.on_throttle()
+                self.pacer.on_throttle(parse_limit_hint(body))
                 wait = parse_retry_after(headers.get("Retry-After"), body)
                 if wait is None:
                     wait = self._backoff(min(throttles, 6))

@@ -122,8 +122,10 @@ def _terminal_size() -> tuple[int, int]:
 
 def choose_mode(flag: bool | None, quiet: bool) -> str:
     """``--progress`` forces the bar, ``--no-progress`` turns it off, else: bar on a TTY."""
+    if flag is True:
+        return "bar"  # asked for by name: even with --quiet, even into a pipe
     if flag is False or quiet:
         return "off"
-    if flag is True or sys.stderr.isatty():
+    if sys.stderr.isatty():
         return "bar"
     return "log"

@@ -30,7 +30,7 @@ class Pacer:
     def on_success(self) -> None:
         return None
 
-    def on_throttle(self) -> None:
+    def on_throttle(self, limit_hint: float | None = None) -> None:
         return None
 
     def describe(self) -> str:
@@ -53,7 +53,17 @@ class FixedRate(Pacer):
 
 
 class AutoRate(Pacer):
-    """Adaptive rate: fast growth to the first 429, then a careful hold under the ceiling."""
+    """Adaptive rate: find the server's request limit and settle just under it.
+
+    * Slow start: +50% a second from a modest rate until the first 429.
+    * A 429 sets the ceiling. If the answer names the limit (the documented error body carries
+      ``details.limit``, e.g. ``{limitType, limit, current, retryAfter}``), that is the ceiling;
+      otherwise the rate that was refused is, and every later 429 can only lower it.
+    * After a 429 the rate drops to 90% of the ceiling (95% of a named limit) and climbs back
+      gently (5% a second) to that level, then holds there. Each 429 also costs a whole
+      ``Retry-After`` pause for every worker, so holding just under the limit beats probing it.
+    * After 30 s without a 429 the ceiling is raised 5%: a server may grant more later.
+    """
 
     def __init__(
         self,
@@ -67,21 +77,27 @@ class AutoRate(Pacer):
         self.rate = start
         self.floor, self.cap = floor, cap
         self.ceiling: float | None = None
+        self.named = False  # the ceiling came from the server's own numbers
         self.throttles = 0
         self._clock = clock
         self._next = 0.0
         self._last_grow = clock()
         self._last_cut = -1e9
-        self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
-        # Virtual scheduling: each request takes the next free slot 1/rate after the last.
-        async with self._lock:
-            now = self._clock()
-            slot = max(now, self._next)
-            self._next = slot + 1 / self.current
+        # Virtual scheduling: each request takes the next free slot 1/rate after the last one.
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + 1 / self.current
         if slot > now:
             await asyncio.sleep(slot - now)
+
+    def _target(self) -> float:
+        assert self.ceiling is not None
+        return self.ceiling * (0.95 if self.named else 0.9)
+
+    def _set(self, rate: float) -> None:
+        self.current = self.rate = max(self.floor, min(self.cap, rate))
 
     def on_success(self) -> None:
         now = self._clock()
@@ -90,23 +106,29 @@ class AutoRate(Pacer):
             return
         self._last_grow = now
         if self.ceiling is None:
-            growth = 1.5**elapsed  # slow start: +50% a second until the first 429
-        elif self.current < 0.9 * self.ceiling:
-            growth = 1.1**elapsed
-        else:
-            growth = 1.004**elapsed  # hold just under the known ceiling, probe slowly
-        self.current = self.rate = min(self.cap, self.current * growth)
+            self._set(self.current * 1.5**elapsed)
+            return
+        if now - self._last_cut > 30:
+            self.ceiling *= 1.05  # quiet for 30 s: the server may allow more now
+            self._last_cut = now - 15  # and look again in 15 s
+        self._set(min(self._target(), self.current * 1.05**elapsed))
 
-    def on_throttle(self) -> None:
+    def on_throttle(self, limit_hint: float | None = None) -> None:
         now = self._clock()
         self.throttles += 1
+        if limit_hint is not None and limit_hint > 0:
+            self.ceiling = limit_hint if not self.named else min(self.ceiling or limit_hint, limit_hint)
+            self.named = True
+        elif not self.named:
+            refused = self.current
+            self.ceiling = refused if self.ceiling is None else min(self.ceiling, refused)
         if now - self._last_cut < 1.0:
             return  # the same burst of 429s from requests already in flight: cut once
         self._last_cut = now
-        refused = self.current
-        self.ceiling = refused if self.ceiling is None else 0.5 * self.ceiling + 0.5 * refused
-        self.current = self.rate = max(self.floor, min(refused, self.ceiling) * 0.9)
         self._last_grow = now
+        self._set(min(self.current, self._target()))
+        if self.ceiling is not None and not self.named and self.current >= self._target() * 0.999:
+            self.ceiling *= 0.97  # refused again at the target itself: the limit is lower still
 
     def describe(self) -> str:
         return f"auto (settled at {self.current:.1f}/s)"

@@ -88,6 +88,11 @@ def normalize(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def all_records(sim: Simulator) -> list[dict[str, Any]]:
+    """Every record of the simulator's data set (all customers, all days), newest first."""
+    return sim.data.records([c.auth_id for c in sim.data.customer_list], sim.data.day_list)
+
+
 def lake_rows(out: Path) -> list[dict[str, Any]]:
     """Every row of the lake, read back with DuckDB, timestamps as the API's ISO strings."""
     con = duckdb.connect()

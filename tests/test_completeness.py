@@ -17,6 +17,7 @@ from harvester.run import harvest
 from harvester.sim import Dataset, SimConfig, Simulator
 from tests.conftest import (
     PAST,
+    all_records,
     assert_lake_equals,
     cli,
     config_for,
@@ -28,10 +29,6 @@ from tests.conftest import (
     sim_env,
     spawn,
 )
-
-
-def _all(sim: Simulator) -> list[dict]:
-    return sim.data.records([c.auth_id for c in sim.data.customer_list], sim.data.day_list)
 
 
 # -- drift: the current day keeps receiving calls ---------------------------------------------
@@ -96,7 +93,7 @@ async def test_open_day_is_rechecked_until_closed(start_sim, tmp_path: Path) -> 
     assert third["shards"]["rechecked"] == 1
     fourth = await run_harvest(sim, out, today=last + dt.timedelta(days=1))
     assert fourth["shards"]["skipped"] == 2 and fourth["requests"] == 1  # only the listing
-    assert_lake_equals(out, _all(sim))
+    assert_lake_equals(out, all_records(sim))
 
 
 # -- unverified shards ------------------------------------------------------------------------
@@ -149,7 +146,7 @@ async def _resume_and_check(sim: Simulator, out: Path, committed: set[str]) -> N
     before = dict(sim.shard_requests)
     code, _, err = await cli(*sim_args(sim, out), env=sim_env(sim))
     assert code == 0, err
-    assert_lake_equals(out, _all(sim))
+    assert_lake_equals(out, all_records(sim))
     assert no_temp_files(out) == []
     for key in committed:  # no committed shard was fetched again
         day, who = key.split("/")
@@ -236,7 +233,7 @@ async def test_nightly_lookback_rechecks_and_heals_late_records(start_sim, tmp_p
     assert rep["exit_code"] == 0
     assert rep["shards"]["reharvested"] == 1 and rep["shards"]["rechecked"] == 5
     assert rep["shards"]["unchanged"] == 5
-    rows = assert_lake_equals(out, _all(sim))
+    rows = assert_lake_equals(out, all_records(sim))
     assert late["uuid"] in {r["uuid"] for r in rows}
 
 

@@ -12,11 +12,12 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from harvester.sim import SimConfig, Simulator
+from harvester.sim import SimConfig
 from harvester.sim.faults import KINDS
 from harvester.sim.server import ApiError
 from tests.conftest import (
     PAST,
+    all_records,
     assert_lake_equals,
     cli,
     dataset,
@@ -28,10 +29,6 @@ from tests.conftest import (
 )
 
 
-def _all(sim: Simulator) -> list[dict]:
-    return sim.data.records([c.auth_id for c in sim.data.customer_list], sim.data.day_list)
-
-
 async def test_every_fault_kind_survived_exactly(start_sim, tmp_path: Path) -> None:
     ds = dataset(customers=2, days=2, calls_per_day=2500)
     sim = await start_sim(SimConfig(dataset=ds, fault_rate=0.2, fault_seed=5, slow_seconds=1.5))
@@ -40,7 +37,7 @@ async def test_every_fault_kind_survived_exactly(start_sim, tmp_path: Path) -> N
     fired = {k: sim.stats[f"fault:{k}"] for k in KINDS}
     assert all(n >= 1 for n in fired.values()), fired
     assert rep["retries"] >= sum(fired.values())
-    assert_lake_equals(tmp_path / "lake", _all(sim))
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
     assert no_temp_files(tmp_path / "lake") == []
 
 
@@ -52,7 +49,7 @@ async def test_auto_rate_finds_the_limit_and_stays_exact(start_sim, tmp_path: Pa
     assert rep["exit_code"] == 0, rep
     assert rep["rate"].startswith("auto (settled at")
     assert rep["throttled"] == sim.stats["429"]
-    assert_lake_equals(tmp_path / "lake", _all(sim))
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
 
 
 async def test_a_failing_shard_fails_alone(start_sim, tmp_path: Path) -> None:
@@ -75,7 +72,7 @@ async def test_a_failing_shard_fails_alone(start_sim, tmp_path: Path) -> None:
     sim._page = original  # the customer is back: a re-run completes the lake
     again = await run_harvest(sim, tmp_path / "lake")
     assert again["exit_code"] == 0 and again["shards"]["skipped"] == 2
-    assert_lake_equals(tmp_path / "lake", _all(sim))
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
 
 
 @pytest.mark.parametrize("how", ["sigterm", "deadline"])
@@ -99,7 +96,7 @@ async def test_stop_cleanly_then_resume(start_sim, tmp_path: Path, how: str) -> 
     assert no_temp_files(out) == [] and not (out / "_lock").exists()
     code, _, err = await cli(*sim_args(sim, out), env=sim_env(sim))
     assert code == 0, err
-    assert_lake_equals(out, _all(sim))
+    assert_lake_equals(out, all_records(sim))
 
 
 async def test_forbidden_exits_3(start_sim, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from harvester.schema import SCHEMA
 from harvester.sim import SimConfig
 from tests.conftest import (
     PAST,
+    all_records,
     assert_lake_equals,
     cli,
     dataset,
@@ -68,8 +69,7 @@ async def test_global_scope_sorted_by_account(start_sim, tmp_path: Path) -> None
     sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=120)))
     rep = await run_harvest(sim, tmp_path / "lake", scope="global")
     assert rep["exit_code"] == 0 and rep["shards"]["planned"] == 2
-    ids = [c.auth_id for c in sim.data.customer_list]
-    assert_lake_equals(tmp_path / "lake", sim.data.records(ids, sim.data.day_list))
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
     files = list((tmp_path / "lake").rglob("*.parquet"))
     assert sorted(f.name for f in files) == ["cdr-global.parquet"] * 2
     for f in files:
@@ -133,8 +133,7 @@ async def test_429_and_500_are_retried_and_result_exact(start_sim, tmp_path: Pat
     assert rep["exit_code"] == 0, rep
     assert rep["throttled"] >= 1 and rep["retries"] >= 3
     assert sim.stats["fault:500"] == 1 and sim.stats["fault:503"] == 1
-    ids = [c.auth_id for c in sim.data.customer_list]
-    assert_lake_equals(tmp_path / "lake", sim.data.records(ids, sim.data.day_list))
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
 
 
 def _scripted(kinds: list[str]):

@@ -79,6 +79,12 @@ def _read_lake(moto: str, prefix: str) -> tuple[list[str], list[str]]:
     return uuids, keys
 
 
+async def _harvest_s3(sim: Any, out: str, endpoint: str, *extra: str, **env: str) -> tuple[int, str, str]:
+    """The CLI harvest of all of ``sim``'s days into ``out`` on the S3 server at ``endpoint``."""
+    args = [*sim_args(sim, Path("unused"), *extra), "--out", out, "--s3-endpoint-url", endpoint]
+    return await cli(*args, env=sim_env(sim, **AWS, **env))
+
+
 def _expected(sim: Any) -> set[str]:
     ids = [c.auth_id for c in sim.data.customer_list]
     return {r["uuid"] for r in sim.data.records(ids, sim.data.day_list)}
@@ -89,14 +95,7 @@ async def test_harvest_to_s3_through_storage_faults(start_sim, s3, moto, proxy, 
     faulty, url = proxy
     faulty.rate = 0.15
     out = f"s3://{BUCKET}/faults"
-    code, stdout, err = await cli(
-        *sim_args(sim, Path("unused"), "--json"),
-        "--out",
-        out,
-        "--s3-endpoint-url",
-        url,
-        env=sim_env(sim, **AWS),
-    )
+    code, stdout, err = await _harvest_s3(sim, out, url, "--json")
     assert code == 0, err
     rep = orjson.loads(stdout)
     assert rep["shards"]["verified"] == 6 and rep["lake"] == out
@@ -158,14 +157,7 @@ async def test_storage_failure_fails_the_shard_not_the_run(start_sim, s3, moto, 
     broken = sim.data.customer_list[0].auth_id
     faulty.fail_puts_matching = f"cdr-{broken}.parquet"
     out = f"s3://{BUCKET}/broken"
-    code, stdout, err = await cli(
-        *sim_args(sim, Path("unused"), "--json"),
-        "--out",
-        out,
-        "--s3-endpoint-url",
-        url,
-        env=sim_env(sim, **AWS),
-    )
+    code, stdout, err = await _harvest_s3(sim, out, url, "--json")
     assert code == 1, err
     rep = orjson.loads(stdout)
     assert rep["shards"]["failed"] == 1 and rep["shards"]["verified"] == 2
@@ -173,14 +165,7 @@ async def test_storage_failure_fails_the_shard_not_the_run(start_sim, s3, moto, 
     _, keys = _read_lake(moto, "broken")
     assert not [k for k in keys if broken in k]  # neither a file nor a manifest record
     faulty.fail_puts_matching = None
-    code, stdout, err = await cli(
-        *sim_args(sim, Path("unused"), "--json"),
-        "--out",
-        out,
-        "--s3-endpoint-url",
-        url,
-        env=sim_env(sim, **AWS),
-    )
+    code, stdout, err = await _harvest_s3(sim, out, url, "--json")
     assert code == 0 and orjson.loads(stdout)["shards"]["skipped"] == 2
 
 

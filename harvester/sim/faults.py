@@ -81,7 +81,7 @@ class FaultInjector:
             await asyncio.sleep(self.slow_seconds)
             return web.Response(status=503, body=_plivo_error("slow"))
         if kind.startswith("429"):
-            details = {"limitType": "api", "limit": 10, "current": 15}
+            details: dict[str, object] = {"limitType": "api"}
             headers = {}
             if kind == "429-header":
                 headers["Retry-After"] = "1"
