@@ -94,7 +94,9 @@ class Harvester:
         self.lake = lake
         self.stats = RunStats()
         self.on_shard_done: list[Any] = []
-        self._shard_sem = asyncio.Semaphore(max(4, cfg.concurrency * 2))
+        # Shards open at once: enough to keep every request slot busy when shards are one page
+        # each, few enough that memory is bound by requests in flight, not by harvest size.
+        self._shard_sem = asyncio.Semaphore(cfg.concurrency + 4)
         self._prior: dict[Any, dict[str, Any]] = {}  # the manifest as it was when the run planned
 
     # -- planning ------------------------------------------------------------------------
