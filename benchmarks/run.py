@@ -323,9 +323,14 @@ COLUMNS = [
 ]
 
 
-def _cell(v: Any) -> str:
+PERCENT = {"limit_share", "sim_cpu_share"}
+
+
+def _cell(v: Any, key: str = "") -> str:
     if v is None:
         return "–"
+    if key in PERCENT:
+        return f"{v * 100:.1f}%"
     if isinstance(v, float):
         return f"{v:,.1f}"
     return f"{v:,}" if isinstance(v, int) else str(v)
@@ -341,13 +346,15 @@ def table(result: dict[str, Any]) -> str:
         cells = []
         for key, _ in COLUMNS:
             v = row.get(key)
-            cells.append(
-                "–"
-                if v is None
-                else (f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
-            )
+            cells.append(_cell(v, key))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def render_latest() -> None:
+    """``results/latest.md``: the newest result of every scenario, one table each."""
+    tables = [table(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"))]
+    (RESULTS / "latest.md").write_text("\n\n".join(tables) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,7 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         help="repeatable; default loopback, latency, limit",
     )
     p.add_argument("--runs", type=int, default=None, help="runs per client (median reported)")
+    p.add_argument("--render", action="store_true", help="only rewrite results/latest.md from results/*.json")
     args = p.parse_args(argv)
+    if args.render:
+        render_latest()
+        return 0
     names = args.scenario or ["loopback", "latency", "limit"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     tables = []
@@ -368,13 +379,5 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         tables.append(table(result))
         print(tables[-1] + "\n")
-    latest = RESULTS / "latest.md"
-    sections = {}
-    if latest.exists():
-        for block in latest.read_text().split("\n\n\n"):
-            if block.startswith("**"):
-                sections[block.split("**")[1]] = block.strip()
-    for name, t in zip(names, tables, strict=True):
-        sections[name] = t
-    latest.write_text("\n\n\n".join(sections[k] for k in sorted(sections)) + "\n")
+    render_latest()
     return 0
