@@ -56,7 +56,15 @@ SCENARIOS = {
     "loopback": Scenario("loopback", 20, 7, 950, ["harvester", "naive"]),
     "latency": Scenario("latency", 5, 7, 950, ["harvester", "naive"], latency_ms=50),
     "limit": Scenario("limit", 4, 15, 1000, ["harvester@20", "harvester@auto"], rate_limit=20, runs=1),
-    "memory": Scenario("memory", 40, 25, 1000, ["harvester"], runs=1),
+    "memory": Scenario(
+        "memory",
+        40,
+        25,
+        1000,
+        ["harvester"],
+        runs=1,
+        sim_extra=["--cache-records", "1200000", "--page-cache-mb", "2048"],
+    ),
     "progress": Scenario("progress", 20, 7, 950, ["harvester", "harvester+progress"], runs=5),
     "s3": Scenario("s3", 20, 7, 950, ["harvester", "harvester>s3"], runs=3),
 }

@@ -327,6 +327,8 @@ def _add_sim_data(p: argparse.ArgumentParser) -> None:
         metavar="CALLS_PER_S",
         help="new calls per second arriving on the current UTC day",
     )
+    g.add_argument("--cache-records", type=int, default=400_000, help="generated records kept in memory")
+    g.add_argument("--page-cache-mb", type=int, default=256, help="rendered pages kept in memory")
     g.add_argument("--partner-id", default="PA_SIMULATOR")
     g.add_argument("--partner-token", default="sim-partner-token")
 
@@ -341,6 +343,7 @@ def _sim_config(args: argparse.Namespace) -> Any:
         days=args.days,
         calls_per_day=args.calls_per_day,
         end_date=end,
+        cache_records=args.cache_records,
     )
     return SimConfig(
         dataset=data,
@@ -353,6 +356,7 @@ def _sim_config(args: argparse.Namespace) -> Any:
         fault_rate=args.fault_rate,
         fault_seed=args.fault_seed,
         drift_per_second=args.drift,
+        page_cache_mb=args.page_cache_mb,
     )
 
 

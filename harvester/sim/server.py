@@ -61,6 +61,7 @@ class SimConfig:
     drift_per_second: float = 0.0  # new calls per second on the current UTC day
     slow_seconds: float = 3.0  # how long a "slow" fault holds its answer
     can_view_cdrs: bool = True  # the partner capability flag; False answers CDR calls with 403
+    page_cache_mb: int = 256  # rendered pages kept, so benchmarks measure the client, not us
 
 
 class ApiError(Exception):
@@ -384,7 +385,7 @@ class Simulator:
         )
         self._pages[key] = body
         self._page_bytes += len(body)
-        while self._page_bytes > 256 * 2**20 and self._pages:
+        while self._page_bytes > self.config.page_cache_mb * 2**20 and self._pages:
             _, old = self._pages.popitem(last=False)
             self._page_bytes -= len(old)
         return body
