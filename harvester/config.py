@@ -45,6 +45,7 @@ class HarvestConfig:
     lookback: int = 0
     refresh: bool = False
     max_runtime: float | None = None
+    decode_workers: int = 0  # processes decoding pages beside the event loop (0: decode on it)
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
 
@@ -116,6 +117,7 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
         )
     check_range("--per-page", cfg.per_page, 1, 100, "use 1 to 100")
     check_range("--concurrency", cfg.concurrency, 1, 256, "use 1 to 256")
+    check_range("--decode-workers", cfg.decode_workers, 0, 16, "use 0 to 16")
     if isinstance(cfg.rate, float):
         check_range("--rate", cfg.rate, 0.01, 10_000, "use 0.01 to 10000, 'auto' or 'unlimited'")
     check_range("--lookback", cfg.lookback, 0, 3650, "use 0 or more days")

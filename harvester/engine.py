@@ -22,13 +22,14 @@ import pyarrow.compute as pc
 
 from harvester.client import Client
 from harvester.config import HarvestConfig
-from harvester.decode import Collector, Page, decode_page
+from harvester.decode import Collector, DecodeError, Page, decode_page
 from harvester.endpoints import list_params, list_path
 from harvester.errors import HarvestError, NotFound, RetriesExhausted
 from harvester.lake import Lake
 from harvester.plan import Shard, days, discover_accounts, shards_for
 from harvester.store import StorageError
 from harvester.verify import Verdict, verify
+from harvester.workers import CHUNK_PAGES, DecodePool, sane_body
 
 log = logging.getLogger("harvester.engine")
 
@@ -88,8 +89,11 @@ def order(table: pa.Table) -> pa.Table:
 class Harvester:
     """One run over one lake."""
 
-    def __init__(self, cfg: HarvestConfig, client: Client, lake: Lake) -> None:
+    def __init__(
+        self, cfg: HarvestConfig, client: Client, lake: Lake, pool: DecodePool | None = None
+    ) -> None:
         self.cfg = cfg
+        self.pool = pool
         self.client = client
         self.lake = lake
         self.stats = RunStats()
@@ -222,10 +226,14 @@ class Harvester:
         open_day = shard.day >= self.cfg.today
         attempts = max(1, self.cfg.verify_attempts)
         for attempt in range(1, attempts + 1):
-            if open_day or attempt > 1:
+            try:
+                if open_day or attempt > 1:
+                    table, first, pages = await self._walk(shard)
+                else:
+                    table, first, pages = await self._fan_out(shard)
+            except DecodeError as e:  # a page the worker pool could not decode: walk it here
+                log.info("shard %s: %s; fetching it again page by page", shard.key, e)
                 table, first, pages = await self._walk(shard)
-            else:
-                table, first, pages = await self._fan_out(shard)
             verdict = verify(table, first.total, first.summary)
             if verdict.ok(self.cfg.strict_sums) or attempt == attempts:
                 return table, first, verdict, pages, attempt
@@ -239,6 +247,8 @@ class Harvester:
         per_page = first.per_page  # the server may grant fewer than asked
         got = Collector()
         got.add(first)
+        if self.pool is not None and first.pages > 2:
+            return await self._fan_out_pooled(shard, first, got)
 
         async def fetch(n: int) -> None:
             got.add(await self.page(shard, n, per_page))
@@ -251,6 +261,41 @@ class Harvester:
             except ExceptionGroup as eg:
                 raise _first_error(eg) from None
         return order(dedupe(got.table())), first, got.pages
+
+    async def _fan_out_pooled(self, shard: Shard, first: Page, got: Collector) -> tuple[pa.Table, Page, int]:
+        """Pages 2..N fetched here, decoded in the worker pool in chunks as they arrive."""
+        assert self.pool is not None
+        pool, per_page = self.pool, first.per_page
+        path = list_path(shard.scope, shard.account)
+        pending: list[bytes] = []
+        decoding: list[asyncio.Future[pa.Table]] = []
+
+        def send() -> None:
+            chunk = pending[:]
+            pending.clear()
+            decoding.append(asyncio.ensure_future(pool.decode(chunk, per_page)))
+
+        async def fetch(n: int) -> None:
+            params = list_params(shard.day, self.cfg.filters, n, per_page)
+            body = await self.client.get(path, params, sane_body, f"shard {shard.key} page {n}")
+            self.stats.pages += 1
+            pending.append(body)
+            if len(pending) >= CHUNK_PAGES:
+                send()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for n in range(2, first.pages + 1):
+                    tg.create_task(fetch(n))
+        except ExceptionGroup as eg:
+            for f in decoding:
+                f.cancel()
+            raise _first_error(eg) from None
+        if pending:
+            send()
+        tables = [got.table(), *await asyncio.gather(*decoding)]
+        self.stats.fetched += sum(t.num_rows for t in tables[1:])
+        return order(dedupe(pa.concat_tables(tables))), first, first.pages
 
     async def _walk(self, shard: Shard) -> tuple[pa.Table, Page, int]:
         """Open day (or a retry): walk forward, then re-probe and catch up until whole."""

@@ -17,6 +17,7 @@ from harvester.engine import Harvester, ShardResult
 from harvester.errors import HarvestError
 from harvester.lake import Lake
 from harvester.ratelimit import make_pacer
+from harvester.workers import DecodePool
 
 log = logging.getLogger("harvester.run")
 
@@ -36,7 +37,8 @@ async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | Non
         connect_timeout=cfg.connect_timeout,
         policy=RetryPolicy(retries=cfg.retries),
     )
-    harvester = Harvester(cfg, client, lake)
+    pool = DecodePool(cfg.decode_workers) if cfg.decode_workers > 0 else None
+    harvester = Harvester(cfg, client, lake, pool)
     error: HarvestError | None = None
     task = asyncio.current_task()
     stop_reason: list[str] = []
@@ -76,6 +78,8 @@ async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | Non
     finally:
         if deadline:
             deadline.cancel()
+        if pool is not None:
+            pool.close()
         for sig in handled:
             loop.remove_signal_handler(sig)
     code = error.exit_code if error is not None else report.exit_code(harvester.stats, cfg.allow_unverified)

@@ -172,3 +172,28 @@ async def test_cli_harvest_json_and_layout(start_sim, tmp_path: Path) -> None:
     assert_lake_equals(out, sim.data.records(ids, sim.data.day_list))
     assert dt.date.fromisoformat(rep["start_date"]) == sim.data.day_list[0]
     assert dt.date.fromisoformat(rep["end_date"]) == sim.data.day_list[-1]
+
+
+async def test_decode_workers_give_the_same_lake(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=2600)))
+    rep = await run_harvest(sim, tmp_path / "lake", decode_workers=1)
+    assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 4
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
+
+
+async def test_a_page_the_worker_cannot_decode_is_fetched_again(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, calls_per_day=900)))
+    original = sim._page
+    broken = {"left": 1}
+
+    def page(request, auth_ids, envelope, pair):  # one page 5 that looks like JSON but is not
+        body = original(request, auth_ids, envelope, pair)
+        if request.query.get("page") == "5" and broken["left"]:
+            broken["left"] -= 1
+            return b'{"data": [oops]}'
+        return body
+
+    sim._page = page
+    rep = await run_harvest(sim, tmp_path / "lake", decode_workers=1)
+    assert rep["exit_code"] == 0 and broken["left"] == 0
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
