@@ -49,7 +49,6 @@ class ClientStats:
     throttled: int = 0
     bytes: int = 0
     failures: Counter[str] = field(default_factory=Counter)
-    wait_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,6 @@ class Client:
         self._proxy: str | None = None
         self.latencies: list[float] | None = None  # set to a list to record each request's latency
         self._connect_failures = 0
-        self.on_event: Callable[[str, str], None] = lambda kind, text: None
 
     async def __aenter__(self) -> Client:
         connector = aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300)
@@ -185,7 +183,6 @@ class Client:
         paused = False
         while (wait := self._pause_until - loop.time()) > 0:
             paused = True
-            self.stats.wait_seconds += wait
             await asyncio.sleep(wait)
         if paused and self.pacer.rate is None:
             # Unpaced workers would all resume at once and meet the server's bucket as one
@@ -267,7 +264,6 @@ class Client:
                 break
             self.stats.retries += 1
             log.info("retry %d for %s: %s", attempt + throttles, what, reason)
-            self.on_event("retry", f"{what}: {reason}")
             if wait is None:
                 await asyncio.sleep(self._backoff(attempt - 1))
         tries = attempt + throttles

@@ -97,7 +97,6 @@ class Harvester:
         self.client = client
         self.lake = lake
         self.stats = RunStats()
-        self.on_shard_done: list[Any] = []
         # Shards open at once: enough to keep every request slot busy when shards are one page
         # each, few enough that memory is bound by requests in flight, not by harvest size.
         self._shard_sem = asyncio.Semaphore(cfg.concurrency + 4)
@@ -160,8 +159,6 @@ class Harvester:
                 log.warning("shard %s failed: %s", shard.key, e)
                 result = ShardResult(shard, "failed", "harvested", detail=str(e))
         self.stats.results.append(result)
-        for cb in self.on_shard_done:
-            cb(result)
 
     async def do_shard(self, shard: Shard, mode: str) -> ShardResult:
         prior = self._prior.get(shard.key)

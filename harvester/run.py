@@ -13,7 +13,7 @@ from typing import Any
 from harvester import report
 from harvester.client import Client, RetryPolicy
 from harvester.config import HarvestConfig
-from harvester.engine import Harvester, ShardResult
+from harvester.engine import Harvester
 from harvester.errors import HarvestError
 from harvester.lake import Lake
 from harvester.ratelimit import make_pacer
@@ -86,8 +86,3 @@ async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | Non
     return report.build(
         cfg, harvester.stats, client.stats, pacer.describe(), code, str(error) if error else None
     )
-
-
-def shard_line(result: ShardResult) -> str:
-    """A one-line log of a finished shard."""
-    return f"{result.shard.key}: {result.status} ({result.rows} rows, {result.pages} pages)"
