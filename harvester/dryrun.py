@@ -34,6 +34,7 @@ async def plan_only(cfg: HarvestConfig, probe: bool) -> dict[str, Any]:
         )  # the lake is only read (manifest), never opened
         accounts = await h.accounts()
         planned = h.plan(accounts)
+        await h.day_window(planned, record=False)
         modes = Counter(mode for _, mode in planned)
         listing_requests = client.stats.requests
         requests = modes["harvest"] + modes["recheck"]

@@ -44,9 +44,13 @@ def one_path(scope: str, account: str, uuid: str) -> str:
     return f"{ACCOUNTS}/{_seg(account)}/cdrs/{_seg(uuid)}"
 
 
-def list_params(day: dt.date, filters: Mapping[str, str], page: int, per_page: int) -> dict[str, str]:
-    """Query parameters for one page of one day (``start_date`` = ``end_date`` = day)."""
-    params = {"start_date": day.isoformat(), "end_date": day.isoformat()}
+def list_params(
+    day: dt.date, filters: Mapping[str, str], page: int, per_page: int, end_offset: int = 0
+) -> dict[str, str]:
+    """Query parameters for one page of one day: ``start_date`` = day, ``end_date`` = day
+    (or the next day, for a server that treats ``end_date`` as exclusive: ``end_offset`` 1)."""
+    end = day + dt.timedelta(days=end_offset)
+    params = {"start_date": day.isoformat(), "end_date": end.isoformat()}
     params.update(filters)
     params["page"] = str(page)
     params["per_page"] = str(per_page)

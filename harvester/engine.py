@@ -101,6 +101,7 @@ class Harvester:
         # each, few enough that memory is bound by requests in flight, not by harvest size.
         self._shard_sem = asyncio.Semaphore(cfg.concurrency + 4)
         self._prior: dict[Any, dict[str, Any]] = {}  # the manifest as it was when the run planned
+        self.end_offset = 0  # 1 when the server treats end_date as exclusive (see day_window)
 
     # -- planning ------------------------------------------------------------------------
     async def accounts(self) -> list[str | None]:
@@ -143,6 +144,7 @@ class Harvester:
         self.stats.accounts = len([a for a in accounts if a])
         planned = self.plan(accounts)
         self.stats.shards_planned = len(planned)
+        await self.day_window(planned, record=True)
         try:
             async with asyncio.TaskGroup() as tg:
                 for shard, mode in planned:
@@ -150,6 +152,58 @@ class Harvester:
         except ExceptionGroup as eg:
             raise _first_error(eg) from None
         return self.stats
+
+    async def day_window(self, planned: list[tuple[Shard, str]], record: bool) -> None:
+        """How the server reads ``end_date``: learnt once per lake, then kept in ``_lake.json``.
+
+        The docs show whole-day ranges (``2026-03-01``..``2026-03-31``) but never say whether
+        ``end_date`` is inclusive. A server that treats it as exclusive would answer every
+        one-day query with nothing, and every empty shard would "verify". So before the first
+        fetch into a lake, the totals of day D, day D+1 and the range D..D+1 tell the two apart.
+        """
+        known = self.lake.server_fact("end_date")
+        if known in ("inclusive", "exclusive"):
+            self.end_offset = 1 if known == "exclusive" else 0
+            return
+        todo = [s for s, mode in planned if mode != "skip" and s.day < self.cfg.today]
+        todo.sort(key=lambda s: s.day + dt.timedelta(days=1) >= self.cfg.today)  # two closed days first
+        verdict = None
+        for shard in todo[:3]:
+            try:
+                verdict = await self._probe_window(shard)
+            except (RetriesExhausted, NotFound) as e:  # that shard's own fetch will report it
+                log.info("day-window probe on %s failed: %s", shard.key, e)
+                continue
+            if verdict is not None:
+                break
+        if verdict is None:
+            return  # nothing to tell by (no data): inclusive, as the docs' examples read; ask again next run
+        self.end_offset = 1 if verdict == "exclusive" else 0
+        if verdict == "exclusive":
+            log.warning("the server treats end_date as exclusive: querying each day as D..D+1")
+        if record:
+            self.lake.record_server_fact("end_date", verdict)
+
+    async def _probe_window(self, shard: Shard) -> str | None:
+        path = list_path(shard.scope, shard.account)
+        d, d1 = shard.day, shard.day + dt.timedelta(days=1)
+
+        async def total(start: dt.date, end: dt.date) -> int:
+            params = dict(self.cfg.filters)
+            params.update(start_date=start.isoformat(), end_date=end.isoformat(), page="1", per_page="1")
+            what = f"shard {shard.key} day-window probe {start}..{end}"
+            page = await self.client.get(path, params, lambda b: decode_page(b, 1, 1), what)
+            return page.total
+
+        a, c, b = await total(d, d), await total(d1, d1), await total(d, d1)
+        if b == 0:
+            return None
+        if a == 0 and c == 0:
+            return "exclusive"
+        if b != a + c:
+            log.warning("day-window probe inconclusive on %s: %d + %d != %d", shard.key, a, c, b)
+            return None
+        return "inclusive"
 
     async def _guarded(self, shard: Shard, mode: str) -> None:
         async with self._shard_sem:
@@ -206,7 +260,7 @@ class Harvester:
         return ShardResult(shard, status, action, table.num_rows, pages, nbytes, verdict.describe())
 
     async def page(self, shard: Shard, n: int, per_page: int) -> Page:
-        params = list_params(shard.day, self.cfg.filters, n, per_page)
+        params = list_params(shard.day, self.cfg.filters, n, per_page, self.end_offset)
         what = f"shard {shard.key} page {n}"
         page = await self.client.get(
             list_path(shard.scope, shard.account),
@@ -273,7 +327,7 @@ class Harvester:
             decoding.append(asyncio.ensure_future(pool.decode(chunk, per_page)))
 
         async def fetch(n: int) -> None:
-            params = list_params(shard.day, self.cfg.filters, n, per_page)
+            params = list_params(shard.day, self.cfg.filters, n, per_page, self.end_offset)
             body = await self.client.get(path, params, sane_body, f"shard {shard.key} page {n}")
             self.stats.pages += 1
             pending.append(body)

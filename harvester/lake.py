@@ -156,12 +156,21 @@ class Lake:
                 "_lake.json", orjson.dumps(want, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
             )
             return
-        if have != want:
+        if {k: have.get(k) for k in want} != want:
             raise UsageError(
                 f"--out {self.where} holds scope={have.get('scope')} filters={have.get('filters')}, "
                 f"this run asks scope={identity.get('scope')} filters={identity.get('filters')}: "
                 "use another --out (mixing them would duplicate or overwrite shards)"
             )
+
+    def server_fact(self, key: str) -> Any:
+        """A fact learnt about the API server and kept with the lake (e.g. its day window)."""
+        return ((self._read_json("_lake.json") or {}).get("server") or {}).get(key)
+
+    def record_server_fact(self, key: str, value: Any) -> None:
+        doc = self._read_json("_lake.json") or {}
+        doc.setdefault("server", {})[key] = value
+        self.store.write("_lake.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
     # -- shards --------------------------------------------------------------------------
     @staticmethod

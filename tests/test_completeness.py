@@ -264,3 +264,19 @@ async def test_probe_dates_reports_the_bucket(start_sim) -> None:
     assert rep["earliest_start_time"].startswith(min(r["start_time"] for r in recs)[:19])
     assert rep["latest_start_time"].startswith(max(r["start_time"] for r in recs)[:19])
     assert rep["buckets_as_utc_day"] is True
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+async def test_day_window_is_learnt_once_per_lake(start_sim, tmp_path: Path, exclusive: bool) -> None:
+    sim = await start_sim(
+        SimConfig(dataset=dataset(customers=2, days=3, calls_per_day=120), end_exclusive=exclusive)
+    )
+    out = tmp_path / "lake"
+    rep = await run_harvest(sim, out)
+    assert rep["exit_code"] == 0 and rep["records"] == len(all_records(sim)) > 0
+    assert_lake_equals(out, all_records(sim))
+    lake_doc = orjson.loads((out / "_lake.json").read_bytes())
+    assert lake_doc["server"]["end_date"] == ("exclusive" if exclusive else "inclusive")
+    before = sim.stats["requests"]
+    again = await run_harvest(sim, out)  # known now: no probes, every shard skipped
+    assert again["shards"]["skipped"] == 6 and sim.stats["requests"] - before == 1  # the listing

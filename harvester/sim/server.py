@@ -61,6 +61,7 @@ class SimConfig:
     drift_per_second: float = 0.0  # new calls per second on the current UTC day
     slow_seconds: float = 3.0  # how long a "slow" fault holds its answer
     can_view_cdrs: bool = True  # the partner capability flag; False answers CDR calls with 403
+    end_exclusive: bool = False  # read end_date as exclusive (a server the docs do not rule out)
     page_cache_mb: int = 256  # rendered pages kept, so benchmarks measure the client, not us
 
 
@@ -321,7 +322,7 @@ class Simulator:
             days = [d for d in days if d >= d0]
         if end:
             d1 = _parse_date(end, "end_date")
-            days = [d for d in days if d <= d1]
+            days = [d for d in days if (d < d1 if self.config.end_exclusive else d <= d1)]
             if start and d1 < _parse_date(start, "start_date"):
                 raise ApiError(400, "VALIDATION_ERROR", "end_date is before start_date")
         recs = self.data.records(auth_ids, days)
