@@ -82,13 +82,32 @@ async def _probe(args: argparse.Namespace, client: Client) -> int:
     elif args.scope == "account":
         account = account or args.auth_id
     path = list_path(args.scope, account)
-    first = await client.get(path, list_params(day, {}, 1, 100), lambda b: decode_page(b, 1, 100), "page 1")
+
+    async def total(start: dt.date, end: dt.date) -> int:
+        params = {"start_date": start.isoformat(), "end_date": end.isoformat(), "page": "1", "per_page": "1"}
+        return (await client.get(path, params, lambda b: decode_page(b, 1, 1), "window probe")).total
+
+    nxt = day + dt.timedelta(days=1)
+    a, c, b = await total(day, day), await total(nxt, nxt), await total(day, nxt)
+    window = (
+        "unknown (no calls)"
+        if b == 0
+        else "exclusive"
+        if a == c == 0
+        else "inclusive"
+        if b == a + c
+        else "unclear"
+    )
+    offset = 1 if window == "exclusive" else 0
+    first = await client.get(
+        path, list_params(day, {}, 1, 100, offset), lambda b: decode_page(b, 1, 100), "page 1"
+    )
     got = Collector()
     got.add(first)
     if first.pages > 1:
         last = await client.get(
             path,
-            list_params(day, {}, first.pages, first.per_page),
+            list_params(day, {}, first.pages, first.per_page, offset),
             lambda b: decode_page(b, first.pages, first.per_page),
             "last page",
         )
@@ -101,6 +120,7 @@ async def _probe(args: argparse.Namespace, client: Client) -> int:
         "date": day.isoformat(),
         "scope": args.scope,
         "account": account,
+        "end_date": window,
         "total": first.total,
         "earliest_start_time": lo.isoformat() if lo else None,
         "latest_start_time": hi.isoformat() if hi else None,

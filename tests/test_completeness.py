@@ -263,7 +263,7 @@ async def test_probe_dates_reports_the_bucket(start_sim) -> None:
     assert rep["total"] == len(recs)
     assert rep["earliest_start_time"].startswith(min(r["start_time"] for r in recs)[:19])
     assert rep["latest_start_time"].startswith(max(r["start_time"] for r in recs)[:19])
-    assert rep["buckets_as_utc_day"] is True
+    assert rep["buckets_as_utc_day"] is True and rep["end_date"] == "inclusive"
 
 
 @pytest.mark.parametrize("exclusive", [False, True])
