@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from harvester import loop
 from harvester.client import Client, RetryPolicy
 from harvester.config import parse_date, parse_rate
 from harvester.decode import decode_page
@@ -212,7 +213,7 @@ def main(args: argparse.Namespace, token: str, base_url: str) -> int:
     if args.plot is not None and args.plot.parent and not args.plot.parent.exists():
         raise UsageError(f"--plot {args.plot}: folder {args.plot.parent} does not exist")
     _levels(args.levels)
-    result = asyncio.run(run_bench(args, token, base_url))
+    result = loop.run(run_bench(args, token, base_url))
     if args.json:
         print(orjson.dumps(result).decode())
     if args.plot is not None:

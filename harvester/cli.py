@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from harvester import __version__
+from harvester import __version__, loop
 from harvester.config import (
     DEFAULT_BASE_URL,
     HarvestConfig,
@@ -295,7 +295,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
 
         return dry_run(cfg, probe=args.probe, as_json=args.json)
     mode = choose_mode(args.progress, args.quiet)
-    rep = asyncio.run(harvest(cfg, progress=lambda h: Progress(h, mode, args.progress_interval)))
+    rep = loop.run(harvest(cfg, progress=lambda h: Progress(h, mode, args.progress_interval)))
     return _emit(rep, args)
 
 
@@ -387,7 +387,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             await sim.stop()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+        loop.run(serve())
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from harvester import report
+from harvester import loop, report
 from harvester.config import HarvestConfig
 from harvester.run import harvest
 from harvester.sim import Dataset, SimConfig, Simulator
@@ -55,7 +54,7 @@ def demo(out: Path, as_json: bool) -> int:
         f"Harvesting 4 customers × 3 days from the embedded Vobiz API simulator into {out}/ ...",
         file=sys.stderr,
     )
-    rep = asyncio.run(_run(out))
+    rep = loop.run(_run(out))
     sys.stderr.write(report.render(rep) + "\n\n")
     if as_json:
         print(orjson.dumps(rep).decode())

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from harvester import loop
 from harvester.client import Client, RetryPolicy
 from harvester.config import HarvestConfig
 from harvester.engine import Harvester
@@ -104,7 +105,7 @@ def render(plan: dict[str, Any]) -> str:
 
 
 def dry_run(cfg: HarvestConfig, probe: bool, as_json: bool) -> int:
-    plan = asyncio.run(plan_only(cfg, probe))
+    plan = loop.run(plan_only(cfg, probe))
     if as_json:
         print(orjson.dumps(plan).decode())
     else:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import sys
 from typing import Any
 
 import orjson
 
+from harvester import loop
 from harvester.client import Client, RetryPolicy
 from harvester.config import parse_date
 from harvester.decode import Collector, decode_json, decode_page
@@ -141,4 +141,4 @@ def run(args: argparse.Namespace, token: str, base_url: str) -> int:
         async with _client(args, token, base_url) as client:
             return await handler(args, client)
 
-    return asyncio.run(go())
+    return loop.run(go())
