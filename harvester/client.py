@@ -22,9 +22,8 @@ import logging
 import random
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -48,7 +47,6 @@ class ClientStats:
     retries: int = 0
     throttled: int = 0
     bytes: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,15 @@ class RetryPolicy:
     throttle_retries: int = 100  # 429s one request may wait out before it gives up
 
 
-def parse_retry_after(header: str | None, body: bytes) -> float | None:
-    """Seconds to wait from ``Retry-After`` (seconds or HTTP date), else the body."""
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def parse_retry_after(header: str | None, doc: Any) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP date), else the decoded body."""
     if header:
         header = header.strip()
         try:
@@ -74,10 +79,6 @@ def parse_retry_after(header: str | None, body: bytes) -> float | None:
                 return max(0.0, when.timestamp() - time.time())
             except (TypeError, ValueError):
                 pass
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
     if isinstance(doc, dict):
         err = doc.get("error")
         details = err.get("details") if isinstance(err, dict) else doc.get("details")
@@ -87,12 +88,8 @@ def parse_retry_after(header: str | None, body: bytes) -> float | None:
     return None
 
 
-def parse_limit_hint(body: bytes) -> float | None:
-    """The requests/s limit a 429's documented body names (``error.details.limit``), if any."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
+def parse_limit_hint(doc: Any) -> float | None:
+    """The requests/s limit a 429's decoded body names (``error.details.limit``), if any."""
     err = doc.get("error") if isinstance(doc, dict) else None
     details = err.get("details") if isinstance(err, dict) else None
     if not isinstance(details, dict) or str(details.get("limitType", "")).lower() == "concurrent":
@@ -242,8 +239,9 @@ class Client:
             elif status == 429:
                 throttles += 1
                 self.stats.throttled += 1
-                self.pacer.on_throttle(parse_limit_hint(body))
-                wait = parse_retry_after(headers.get("Retry-After"), body)
+                doc = _json_or_none(body)  # decoded once for both hints
+                self.pacer.on_throttle(parse_limit_hint(doc))
+                wait = parse_retry_after(headers.get("Retry-After"), doc)
                 if wait is None:
                     wait = self._backoff(min(throttles, 6))
                 wait = min(wait, self.policy.backoff_cap * 4)
@@ -257,7 +255,6 @@ class Client:
                 raise ApiError(status, f"{what}: {error_message(body)}")
             elif status:
                 reason = f"HTTP {status} ({error_message(body)})"
-            self.stats.failures[reason.split(" (")[0]] += 1
             if wait is None:
                 attempt += 1
             if attempt > self.policy.retries or throttles > self.policy.throttle_retries:

@@ -37,7 +37,6 @@ async def plan_only(cfg: HarvestConfig, probe: bool) -> dict[str, Any]:
         planned = h.plan(accounts)
         await h.day_window(planned, record=False)
         modes = Counter(mode for _, mode in planned)
-        listing_requests = client.stats.requests
         requests = modes["harvest"] + modes["recheck"]
         records = None
         if probe:
@@ -63,7 +62,7 @@ async def plan_only(cfg: HarvestConfig, probe: bool) -> dict[str, Any]:
         "requests": requests,
         "requests_exact": probe,
         "records": records,
-        "requests_made": listing_requests + (client.stats.requests - listing_requests),
+        "requests_made": client.stats.requests,
         "rate": "auto" if cfg.rate == "auto" else ("unlimited" if rate is None else rate),
         "seconds_at_rate": round(requests / rate, 1) if rate else None,
         "lake": str(cfg.out),

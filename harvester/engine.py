@@ -14,8 +14,9 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +33,7 @@ from harvester.verify import Verdict, verify
 from harvester.workers import CHUNK_PAGES, DecodePool, sane_body
 
 log = logging.getLogger("harvester.engine")
+T = TypeVar("T")
 
 
 @dataclass
@@ -189,8 +191,7 @@ class Harvester:
         d, d1 = shard.day, shard.day + dt.timedelta(days=1)
 
         async def total(start: dt.date, end: dt.date) -> int:
-            params = dict(self.cfg.filters)
-            params.update(start_date=start.isoformat(), end_date=end.isoformat(), page="1", per_page="1")
+            params = list_params(start, self.cfg.filters, 1, 1, (end - start).days)
             what = f"shard {shard.key} day-window probe {start}..{end}"
             page = await self.client.get(path, params, lambda b: decode_page(b, 1, 1), what)
             return page.total
@@ -259,15 +260,14 @@ class Harvester:
             log.info("shard %s: sums differ from summary (not strict): %s", shard.key, verdict.describe())
         return ShardResult(shard, status, action, table.num_rows, pages, nbytes, verdict.describe())
 
-    async def page(self, shard: Shard, n: int, per_page: int) -> Page:
+    async def _get(self, shard: Shard, n: int, per_page: int, decode: Callable[[bytes], T]) -> T:
+        """Page ``n`` of a shard, decoded by ``decode`` (a page, or the raw body for the pool)."""
         params = list_params(shard.day, self.cfg.filters, n, per_page, self.end_offset)
-        what = f"shard {shard.key} page {n}"
-        page = await self.client.get(
-            list_path(shard.scope, shard.account),
-            params,
-            lambda body: decode_page(body, n, per_page),
-            what,
-        )
+        path = list_path(shard.scope, shard.account)
+        return await self.client.get(path, params, decode, f"shard {shard.key} page {n}")
+
+    async def page(self, shard: Shard, n: int, per_page: int) -> Page:
+        page = await self._get(shard, n, per_page, lambda body: decode_page(body, n, per_page))
         self.stats.pages += 1
         self.stats.fetched += page.rows
         return page
@@ -317,7 +317,6 @@ class Harvester:
         """Pages 2..N fetched here, decoded in the worker pool in chunks as they arrive."""
         assert self.pool is not None
         pool, per_page = self.pool, first.per_page
-        path = list_path(shard.scope, shard.account)
         pending: list[bytes] = []
         decoding: list[asyncio.Future[pa.Table]] = []
 
@@ -327,8 +326,7 @@ class Harvester:
             decoding.append(asyncio.ensure_future(pool.decode(chunk, per_page)))
 
         async def fetch(n: int) -> None:
-            params = list_params(shard.day, self.cfg.filters, n, per_page, self.end_offset)
-            body = await self.client.get(path, params, sane_body, f"shard {shard.key} page {n}")
+            body = await self._get(shard, n, per_page, sane_body)
             self.stats.pages += 1
             pending.append(body)
             if len(pending) >= CHUNK_PAGES:

@@ -84,7 +84,7 @@ async def _probe(args: argparse.Namespace, client: Client) -> int:
     path = list_path(args.scope, account)
 
     async def total(start: dt.date, end: dt.date) -> int:
-        params = {"start_date": start.isoformat(), "end_date": end.isoformat(), "page": "1", "per_page": "1"}
+        params = list_params(start, {}, 1, 1, (end - start).days)
         return (await client.get(path, params, lambda b: decode_page(b, 1, 1), "window probe")).total
 
     nxt = day + dt.timedelta(days=1)
