@@ -1,10 +1,14 @@
-"""Page bytes → an Arrow record batch plus the page's ``pagination`` and ``summary``.
+"""Page bytes → Arrow, plus the page's ``pagination`` and ``summary``.
 
-The hot path is columnar: one ``itemgetter`` pass turns the page's records into 43 columns,
-each column is built by Arrow in one call, and timestamps are parsed by Arrow, not Python.
-Only a column whose values do not fit its type takes the slow, per-value path, which
-coerces what it can and keeps the raw value of anything it cannot in ``_extra``: a record
-never makes the harvest fail, and nothing the API sent is lost.
+The hot path never builds a Python list per field. Right after ``orjson.loads`` a page's
+records go to Arrow in one call, a struct array read straight from the dicts in C++, with
+timestamps still text and integers as float64 (:class:`Part`). A shard's parts are then
+joined and cast to the schema's types in one call per chunk of rows (:func:`finish`):
+Arrow parses the timestamps, and a per-call cost is paid per chunk, not per page.
+
+Only values that do not fit their type take the slow, per-value path, which coerces what it
+can and keeps the raw value of anything it cannot in ``_extra``: a record never makes the
+harvest fail, and nothing the API sent is lost.
 """
 
 from __future__ import annotations
@@ -13,18 +17,28 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from harvester.schema import ARROW_TYPES, FIELD_NAMES, FIELDS, KNOWN, SCHEMA, TIMESTAMP
+from harvester.schema import ARROW_TYPES, FIELD_NAMES, FIELDS, INT, KNOWN, SCHEMA, TIMESTAMP, TS
 
-_GETTERS = [itemgetter(name) for name in FIELD_NAMES]
 _UUID = FIELD_NAMES.index("uuid")
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
+
+# What the fast path asks Arrow for: timestamps as text (parsed by the cast in ``finish``),
+# integers as float64. pyarrow silently truncates 1.5 to 1 when it builds int64 from a Python
+# float; as float64, an integer beyond 2**53 is refused by the conversion and a fraction by
+# the (safe) cast to int64, so every value is either exact or goes the per-value path.
+RAW = pa.struct(
+    [
+        pa.field(name, pa.string() if kind == TS else pa.float64() if kind == INT else ARROW_TYPES[kind])
+        for name, kind in FIELDS
+    ]
+)
+_TARGET = pa.struct([pa.field(name, ARROW_TYPES[kind]) for name, kind in FIELDS])
 
 
 class DecodeError(ValueError):
@@ -32,12 +46,27 @@ class DecodeError(ValueError):
 
 
 @dataclass(frozen=True)
-class Columns:
-    """Records transposed into one list per schema field, plus any unknown fields per row.
+class Part:
+    """Some records in Arrow: the fast path's :data:`RAW` struct and each row's unknown
+    fields (None: no row has one), or ``done``, a finished batch of records the fast path
+    refused (e.g. a number where a string belongs)."""
 
-    Transposing right after ``orjson.loads``, while the page's dicts are still in the CPU
-    cache, costs a fraction of doing it later for a whole shard.
-    """
+    rows: int
+    raw: pa.StructArray | None = None
+    unknown: list[dict[str, Any] | None] | None = None
+    done: pa.RecordBatch | None = None
+
+    @property
+    def uuids(self) -> list[Any]:
+        if self.done is not None:
+            return self.done.column(_UUID).to_pylist()
+        return self.raw.field(_UUID).to_pylist() if self.raw is not None else []
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Records transposed into one list per schema field, plus any unknown fields per row
+    (the slow path's intermediate form)."""
 
     values: list[list[Any]]
     unknown: list[dict[str, Any] | None] | None  # None: no row has an unknown field
@@ -46,9 +75,9 @@ class Columns:
 
 @dataclass(frozen=True)
 class Page:
-    """One decoded list page: its records as columns, and the API's own numbers."""
+    """One decoded list page: its records, and the API's own numbers."""
 
-    columns: Columns
+    part: Part
     page: int
     per_page: int
     total: int
@@ -58,58 +87,47 @@ class Page:
 
     @property
     def rows(self) -> int:
-        return self.columns.rows
+        return self.part.rows
 
     @property
     def uuids(self) -> list[Any]:
-        return self.columns.values[_UUID]
+        return self.part.uuids
 
 
 class Collector:
-    """Gathers a shard's pages and turns them into Arrow in large chunks.
+    """Gathers a shard's pages and finishes them into Arrow a chunk at a time: one cast per
+    chunk of rows, and only one chunk of not-yet-finished parts alive at a time."""
 
-    Building Arrow arrays has a fixed cost per call, so converting 2,000 records at once is
-    far cheaper than converting each page of 100; only one chunk's Python values are alive
-    at a time, the rest of the shard is compact Arrow already.
-    """
-
-    CHUNK = 2000
+    CHUNK = 16_384
 
     def __init__(self, track_uuids: bool = False) -> None:
         self.batches: list[pa.RecordBatch] = []
         self.pages = 0
         self.seen: set[Any] | None = set() if track_uuids else None
-        self._reset()
-
-    def _reset(self) -> None:
-        self._values: list[list[Any]] = [[] for _ in FIELDS]
-        self._unknown: list[dict[str, Any] | None] | None = None
-        self._rows = 0
+        self._pending: list[Part] = []
+        self._pending_rows = 0
 
     def add(self, page: Page) -> int:
         """Add a page; returns how many of its uuids were new (when tracking uuids)."""
         self.pages += 1
-        cols = page.columns
-        if cols.unknown is not None or self._unknown is not None:
-            if self._unknown is None:
-                self._unknown = [None] * self._rows
-            self._unknown.extend(cols.unknown or [None] * cols.rows)
-        for acc, part in zip(self._values, cols.values, strict=True):
-            acc.extend(part)
-        self._rows += cols.rows
-        fresh = 0
-        if self.seen is not None:
-            before = len(self.seen)
-            self.seen.update(page.uuids)
-            fresh = len(self.seen) - before
-        if self._rows >= self.CHUNK:
-            self.flush()
-        return fresh
+        part = page.part
+        if part.done is not None:
+            self.batches.append(part.done)
+        elif part.rows:
+            self._pending.append(part)
+            self._pending_rows += part.rows
+            if self._pending_rows >= self.CHUNK:
+                self.flush()
+        if self.seen is None:
+            return 0
+        before = len(self.seen)
+        self.seen.update(part.uuids)
+        return len(self.seen) - before
 
     def flush(self) -> None:
-        if self._rows:
-            self.batches.append(columns_to_batch(Columns(self._values, self._unknown, self._rows)))
-            self._reset()
+        if self._pending:
+            self.batches.append(finish(self._pending))
+            self._pending, self._pending_rows = [], 0
 
     def table(self) -> pa.Table:
         self.flush()
@@ -151,28 +169,84 @@ def decode_page(body: bytes, asked_page: int, asked_per_page: int) -> Page:
     pages = max(_int(pag.get("pages"), 0), math.ceil(total / per_page) if per_page else 0)
     has_next = bool(pag.get("has_next", page < pages))
     summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else None
-    return Page(transpose(data), page, per_page, total, pages, has_next, summary)
+    return Page(to_part(data), page, per_page, total, pages, has_next, summary)
 
 
-def transpose(records: list[Any]) -> Columns:
-    """CDR dicts → one list per schema field, and the fields the schema does not know."""
+def to_part(records: list[Any]) -> Part:
+    """CDR dicts → a :class:`Part`: one struct conversion in C++, or the slow path."""
     if not all(type(r) is dict for r in records):
         raise DecodeError("a record in 'data' is not an object")
-    n = len(records)
-    complete = True
+    if not records:
+        return Part(0)
     try:
-        values = [list(map(get, records)) for get in _GETTERS]
-    except KeyError:  # a record lacks a documented field: slower, lenient path
-        complete = False
-        values = [[r.get(name) for r in records] for name in FIELD_NAMES]
-    # With every known key present (or the getters raised), a record has an unknown key iff
-    # it has more than 43: one C-level sum instead of a set union over every record.
-    unknown: list[dict[str, Any] | None] | None = None
-    if not complete or sum(map(len, records)) != len(FIELD_NAMES) * n:
-        extra_keys = set().union(*records) - KNOWN
-        if extra_keys:
-            unknown = [{k: r[k] for k in extra_keys if k in r} or None for r in records]
-    return Columns(values, unknown, n)
+        raw = pa.array(records, RAW)
+    except _ARROW_ERRORS:  # e.g. a number where a string belongs: every column value by value
+        return Part(len(records), done=columns_to_batch(transpose(records)))
+    return Part(len(records), raw, _unknown_fields(records))
+
+
+def finish(parts: Sequence[Part]) -> pa.RecordBatch:
+    """Fast-path parts → one record batch of :data:`harvester.schema.SCHEMA` (one cast)."""
+    raws = [p.raw for p in parts if p.raw is not None]
+    if not raws:
+        return _EMPTY
+    raw = pa.concat_arrays(raws) if len(raws) > 1 else raws[0]
+    extras: dict[int, dict[str, Any]] = {}
+    offset = 0
+    for p in parts:
+        if p.unknown is not None:
+            extras.update((offset + i, dict(u)) for i, u in enumerate(p.unknown) if u)
+        offset += p.rows
+    try:
+        arrays = raw.cast(_TARGET).flatten()
+    except _ARROW_ERRORS:  # e.g. an unparseable timestamp: that column value by value
+        arrays = [
+            _cast_or_coerce(name, kind, arr, extras)
+            for (name, kind), arr in zip(FIELDS, raw.flatten(), strict=True)
+        ]
+    arrays.append(_extra_column(len(raw), extras))
+    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+def records_to_batch(records: list[Any]) -> pa.RecordBatch:
+    """CDR dicts → one record batch of :data:`harvester.schema.SCHEMA`."""
+    part = to_part(records)
+    return part.done if part.done is not None else finish([part])
+
+
+def _cast_or_coerce(name: str, kind: str, arr: pa.Array, extras: dict[int, dict[str, Any]]) -> pa.Array:
+    """One raw column cast, or coerced value by value (the raw values are the API's own:
+    timestamp text as sent, and numbers as float64, exact below 2**53)."""
+    try:
+        return arr.cast(ARROW_TYPES[kind])
+    except _ARROW_ERRORS:
+        return _column(name, kind, arr.to_pylist(), extras)
+
+
+def _unknown_fields(records: list[dict[str, Any]]) -> list[dict[str, Any] | None] | None:
+    """Per record, the fields the schema does not know; None when no record has one."""
+    extra_keys = set().union(*records) - KNOWN
+    if not extra_keys:
+        return None
+    return [{k: r[k] for k in extra_keys if k in r} or None for r in records]
+
+
+def _extra_column(n: int, extras: dict[int, dict[str, Any]]) -> pa.Array:
+    if not extras:
+        return pa.nulls(n, pa.string())
+    return pa.array(
+        [
+            orjson.dumps(extras[i], option=orjson.OPT_SORT_KEYS).decode() if i in extras else None
+            for i in range(n)
+        ],
+        pa.string(),
+    )
+
+
+def transpose(records: list[dict[str, Any]]) -> Columns:
+    """Slow path: CDR dicts → one list per schema field, and the fields the schema does not know."""
+    values = [[r.get(name) for r in records] for name in FIELD_NAMES]
+    return Columns(values, _unknown_fields(records), len(records))
 
 
 def columns_to_batch(cols: Columns) -> pa.RecordBatch:
@@ -184,23 +258,11 @@ def columns_to_batch(cols: Columns) -> pa.RecordBatch:
     if cols.unknown is not None:
         extras = {i: dict(u) for i, u in enumerate(cols.unknown) if u}
     arrays = [_column(name, kind, col, extras) for (name, kind), col in zip(FIELDS, cols.values, strict=True)]
-    if extras:
-        extra_col = [
-            orjson.dumps(extras[i], option=orjson.OPT_SORT_KEYS).decode() if i in extras else None
-            for i in range(n)
-        ]
-        arrays.append(pa.array(extra_col, pa.string()))
-    else:
-        arrays.append(pa.nulls(n, pa.string()))
+    arrays.append(_extra_column(n, extras))
     return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
 
 
-def records_to_batch(records: list[Any]) -> pa.RecordBatch:
-    """CDR dicts → one record batch of :data:`harvester.schema.SCHEMA`."""
-    return columns_to_batch(transpose(records))
-
-
-_EMPTY = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in SCHEMA], schema=SCHEMA)
+_EMPTY = pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in SCHEMA], schema=SCHEMA)
 
 
 def _column(name: str, kind: str, values: Sequence[Any], extras: dict[int, dict[str, Any]]) -> pa.Array:
@@ -242,7 +304,7 @@ def _to_int(v: Any) -> Any:
     if isinstance(v, int):
         return v if -(2**63) <= v < 2**63 else _LOST
     if isinstance(v, float):
-        return int(v) if v.is_integer() else _LOST
+        return _to_int(int(v)) if v.is_integer() else _LOST
     if isinstance(v, str):
         try:
             return int(v.strip())

@@ -1,6 +1,6 @@
 """Decoding off the event loop: page bodies → Arrow in a worker process.
 
-The event loop's own work per page is HTTP; orjson, the transpose and the Arrow conversion
+The event loop's own work per page is HTTP; orjson and the Arrow conversion
 (about two thirds of the harvester's CPU) hold the GIL, so a thread would not help. A small
 process pool takes a closed day's pages 2..N in chunks and hands back Arrow tables, so on a
 machine with two cores the HTTP and the decoding run side by side. Page 1 of every shard is
@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pyarrow as pa
 
 from harvester.decode import Collector, DecodeError, decode_page
+from harvester.lean import skip_pandas_probe
 
 CHUNK_PAGES = 20
 
@@ -42,7 +43,7 @@ class DecodePool:
     def __init__(self, workers: int) -> None:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["harvester.workers"])
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=skip_pandas_probe)
 
     async def decode(self, bodies: list[bytes], per_page: int) -> pa.Table:
         loop = asyncio.get_running_loop()

@@ -7,7 +7,7 @@ import datetime as dt
 import orjson
 import pytest
 
-from harvester.decode import DecodeError, decode_page, records_to_batch
+from harvester.decode import Collector, DecodeError, decode_page, records_to_batch
 from harvester.schema import SCHEMA
 from harvester.sim.data import Dataset
 
@@ -68,3 +68,52 @@ def test_page_numbers_come_from_the_server() -> None:
     body = orjson.dumps({"data": _records(40)[:30], "pagination": {"page": 1, "per_page": 30, "total": 95}})
     page = decode_page(body, 1, 100)
     assert (page.per_page, page.total, page.pages, page.rows) == (30, 95, 4, 30)
+
+
+def _page(recs: list[dict], total: int) -> bytes:
+    return orjson.dumps({"data": recs, "pagination": {"page": 1, "per_page": 100, "total": total}})
+
+
+def test_fast_and_slow_pages_mix_and_every_value_is_exact() -> None:
+    recs = _records(400)[:300]
+    pages = [recs[i : i + 100] for i in range(0, 300, 100)]
+    pages[0][5]["id"] = 2**60 + 1  # exact as int64, not as float64: the per-value path keeps it
+    pages[0][6]["hangup_cause_code"] = True  # a bool where an integer belongs
+    pages[1][7]["answer_time"] = "not a time"  # one unparseable timestamp, kept raw in _extra
+    pages[1][8]["duration"] = 2.5  # a fraction where an integer belongs, kept raw
+    pages[2][9]["caller_id_name"] = 12345  # a number where a string belongs: the whole page is slow
+    got = Collector()
+    for p in pages:
+        got.add(decode_page(_page(p, 300), 1, 100))
+    table = got.table()
+    assert table.schema.equals(SCHEMA) and table.num_rows == 300
+    rows = {r["uuid"]: r for r in table.to_pylist()}
+    extra = {u: orjson.loads(r["_extra"]) for u, r in rows.items() if r["_extra"]}
+    assert rows[pages[0][5]["uuid"]]["id"] == 2**60 + 1
+    assert rows[pages[0][6]["uuid"]]["hangup_cause_code"] == 1
+    assert rows[pages[1][7]["uuid"]]["answer_time"] is None
+    assert extra[pages[1][7]["uuid"]] == {"answer_time": "not a time"}
+    assert rows[pages[1][8]["uuid"]]["duration"] is None
+    assert extra[pages[1][8]["uuid"]] == {"duration": 2.5}
+    assert rows[pages[2][9]["uuid"]]["caller_id_name"] == "12345"
+    assert len(extra) == 2
+    # every other value equals what the API sent
+    for rec in recs:
+        row = rows[rec["uuid"]]
+        for key in ("billsec", "ring_time", "total_cost", "jitter", "uuid", "account_id", "hangup_cause"):
+            assert row[key] == rec[key], key
+        want = dt.datetime.fromisoformat(rec["start_time"].replace("Z", "+00:00"))
+        assert row["start_time"] == want
+
+
+def test_collector_finishes_in_chunks_and_tracks_uuids() -> None:
+    recs = _records(600)[:500]
+    got = Collector(track_uuids=True)
+    got.CHUNK = 150  # several chunks, one of them partial
+    fresh = [got.add(decode_page(_page(recs[i : i + 100], 500), 1, 100)) for i in range(0, 500, 100)]
+    assert len(got.batches) == 2  # two chunks of 200 finished, the last page still pending
+    fresh.append(got.add(decode_page(_page(recs[:100], 500), 1, 100)))  # a page seen again
+    assert fresh == [100, 100, 100, 100, 100, 0]
+    table = got.table()
+    assert table.num_rows == 600 and len(got.batches) == 3
+    assert sorted(set(table.column("uuid").to_pylist())) == sorted(r["uuid"] for r in recs)
