@@ -514,7 +514,9 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from harvester import logs
+    from harvester import lean, logs
+
+    lean.skip_pandas_probe()
 
     try:
         args = _with_config(list(sys.argv[1:] if argv is None else argv))
