@@ -30,7 +30,6 @@ from harvester.config import (
 )
 from harvester.endpoints import FILTER_FLAGS, SCOPES
 from harvester.errors import EXIT_USAGE, HarvestError, UsageError
-from harvester.store import is_uri
 
 PROG = "vobiz-harvest"
 
@@ -227,6 +226,8 @@ def _add_logging(g: Any) -> None:
 
 
 def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> HarvestConfig:
+    from harvester import store
+
     """Flags and environment → a validated :class:`HarvestConfig`."""
     today = today or _utc_today()
     yesterday = today - dt.timedelta(days=1)
@@ -249,7 +250,7 @@ def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> Ha
         base_url=check_base_url(args.base_url, args.insecure),
         auth_id=args.auth_id,
         auth_token=_token(args),
-        out=args.out if is_uri(args.out) else Path(args.out),
+        out=args.out if store.is_uri(args.out) else Path(args.out),
         start_date=start,
         end_date=end,
         today=today,
@@ -514,9 +515,10 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from harvester import lean, logs
+    from harvester import lean
 
-    lean.skip_pandas_probe()
+    lean.trim()
+    from harvester import logs
 
     try:
         args = _with_config(list(sys.argv[1:] if argv is None else argv))

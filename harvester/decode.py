@@ -95,43 +95,46 @@ class Page:
 
 
 class Collector:
-    """Gathers a shard's pages and finishes them into Arrow a chunk at a time: one cast per
-    chunk of rows, and only one chunk of not-yet-finished parts alive at a time."""
+    """Gathers a shard's pages. :meth:`table` joins them in page order, so a file's rows are
+    in the API's own order (newest first) without a sort, and casts them a chunk of rows at
+    a time: one cast per chunk, and the raw parts are released as their chunk is finished."""
 
     CHUNK = 16_384
 
     def __init__(self, track_uuids: bool = False) -> None:
-        self.batches: list[pa.RecordBatch] = []
         self.pages = 0
         self.seen: set[Any] | None = set() if track_uuids else None
-        self._pending: list[Part] = []
-        self._pending_rows = 0
+        self._parts: list[tuple[int, int, Part]] = []  # (page number, arrival, part)
 
     def add(self, page: Page) -> int:
         """Add a page; returns how many of its uuids were new (when tracking uuids)."""
         self.pages += 1
-        part = page.part
-        if part.done is not None:
-            self.batches.append(part.done)
-        elif part.rows:
-            self._pending.append(part)
-            self._pending_rows += part.rows
-            if self._pending_rows >= self.CHUNK:
-                self.flush()
+        if page.rows:
+            self._parts.append((page.page, self.pages, page.part))
         if self.seen is None:
             return 0
         before = len(self.seen)
-        self.seen.update(part.uuids)
+        self.seen.update(page.uuids)
         return len(self.seen) - before
 
-    def flush(self) -> None:
-        if self._pending:
-            self.batches.append(finish(self._pending))
-            self._pending, self._pending_rows = [], 0
-
     def table(self) -> pa.Table:
-        self.flush()
-        return pa.Table.from_batches(self.batches, schema=SCHEMA)
+        self._parts.sort(key=lambda item: item[:2])
+        parts, self._parts = [part for _, _, part in self._parts], []
+        parts.reverse()  # popped from the end: page order, each released once finished
+        batches: list[pa.RecordBatch] = []
+        pending: list[Part] = []
+        rows = 0
+        while parts:
+            part = parts.pop()
+            if part.done is None:
+                pending.append(part)
+                rows += part.rows
+            if pending and (part.done is not None or rows >= self.CHUNK or not parts):
+                batches.append(finish(pending))
+                pending, rows = [], 0
+            if part.done is not None:
+                batches.append(part.done)
+        return pa.Table.from_batches(batches, schema=SCHEMA)
 
 
 def loads(body: bytes) -> Any:

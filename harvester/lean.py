@@ -1,39 +1,59 @@
-"""Start-up trims for processes the CLI owns.
+"""Start-up trims for processes the CLI owns: start nothing the harvest does not use.
 
-The first time pyarrow builds an array from a Python list it imports pandas, if installed,
-only to ask whether the list is a pandas object (≈0.2-0.3 s of CPU, a tenth of a 133k-record
-harvest). The CLI never hands pyarrow a pandas object, so its processes answer that probe
-"no pandas" once. pyarrow tries the import again when something really needs pandas (e.g.
-``Table.to_pandas``), so nothing that uses pandas breaks.
+- pyarrow imports numpy when it is installed, and numpy starts OpenBLAS's thread pool, whose
+  threads spin on a core for a while though nothing here does linear algebra. The CLI asks
+  for one OpenBLAS thread (unless ``OPENBLAS_NUM_THREADS`` is set already). (Hiding numpy
+  from pyarrow altogether would save its import too, but pyarrow then crashes if pandas is
+  used later in the process.)
+- The first time pyarrow builds an array from a Python list it imports pandas, if installed,
+  only to ask whether the list is a pandas object (≈0.2-0.3 s). The CLI answers that probe
+  "no pandas" once. pyarrow tries the import again when something really needs pandas
+  (e.g. ``Table.to_pandas``), so nothing that uses pandas breaks.
+
+Neither applies to a process that has loaded numpy or pandas already (a notebook, the tests).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
 
-class _NoPandas(importlib.abc.MetaPathFinder):
+class _Hide(importlib.abc.MetaPathFinder):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
     def find_spec(
         self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
-        if name == "pandas" or name.startswith("pandas."):
-            raise ImportError("pandas is not needed by this process")
+        if name == self.name or name.startswith(self.name + "."):
+            raise ImportError(f"{self.name} is not needed by this process")
         return None
 
 
-def skip_pandas_probe() -> None:
-    """Answer pyarrow's pandas probe without importing pandas (no-op if already imported)."""
-    if "pandas" in sys.modules:
+@contextlib.contextmanager
+def _hidden(name: str) -> Iterator[None]:
+    if name in sys.modules:
+        yield
         return
-    import pyarrow as pa
-
-    finder = _NoPandas()
+    finder = _Hide(name)
     sys.meta_path.insert(0, finder)
     try:
-        pa.array([])  # the first list → array conversion runs the probe
+        yield
     finally:
         sys.meta_path.remove(finder)
+
+
+def trim() -> None:
+    """Call first in a CLI process, before anything imports pyarrow."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    with _hidden("pandas"):
+        import pyarrow as pa
+
+        pa.array([])  # the first list → array conversion runs pyarrow's pandas probe

@@ -16,7 +16,6 @@ from concurrent.futures import ProcessPoolExecutor
 import pyarrow as pa
 
 from harvester.decode import Collector, DecodeError, decode_page
-from harvester.lean import skip_pandas_probe
 
 CHUNK_PAGES = 20
 
@@ -43,7 +42,7 @@ class DecodePool:
     def __init__(self, workers: int) -> None:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["harvester.workers"])
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=skip_pandas_probe)
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
     async def decode(self, bodies: list[bytes], per_page: int) -> pa.Table:
         loop = asyncio.get_running_loop()

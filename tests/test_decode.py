@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 
 import orjson
 import pytest
@@ -106,14 +108,36 @@ def test_fast_and_slow_pages_mix_and_every_value_is_exact() -> None:
         assert row["start_time"] == want
 
 
-def test_collector_finishes_in_chunks_and_tracks_uuids() -> None:
+def test_collector_joins_pages_in_page_order_in_chunks_and_tracks_uuids() -> None:
     recs = _records(600)[:500]
+    bodies = {
+        n: orjson.dumps(
+            {"data": recs[(n - 1) * 100 : n * 100], "pagination": {"page": n, "per_page": 100, "total": 500}}
+        )
+        for n in range(1, 6)
+    }
     got = Collector(track_uuids=True)
-    got.CHUNK = 150  # several chunks, one of them partial
-    fresh = [got.add(decode_page(_page(recs[i : i + 100], 500), 1, 100)) for i in range(0, 500, 100)]
-    assert len(got.batches) == 2  # two chunks of 200 finished, the last page still pending
-    fresh.append(got.add(decode_page(_page(recs[:100], 500), 1, 100)))  # a page seen again
+    got.CHUNK = 150  # several chunks, the last one partial
+    fresh = [got.add(decode_page(bodies[n], n, 100)) for n in (3, 1, 5, 2, 4)]  # as they arrive
+    fresh.append(got.add(decode_page(bodies[1], 1, 100)))  # page 1 seen again
     assert fresh == [100, 100, 100, 100, 100, 0]
     table = got.table()
-    assert table.num_rows == 600 and len(got.batches) == 3
-    assert sorted(set(table.column("uuid").to_pylist())) == sorted(r["uuid"] for r in recs)
+    uuids = table.column("uuid").to_pylist()
+    want = [r["uuid"] for r in recs]
+    assert uuids == want[:100] + want[:100] + want[100:]  # page order, the repeat beside its page
+    assert table.column("uuid").num_chunks == 3  # 200 + 200 + 200 rows
+
+
+def test_cli_trim_leaves_pandas_unloaded_yet_usable() -> None:
+    code = (
+        "import sys\n"
+        "from harvester import lean\n"
+        "lean.trim()\n"
+        "import pyarrow as pa\n"
+        "from harvester.decode import records_to_batch\n"
+        "records_to_batch([{'id': 1, 'uuid': 'u'}])\n"
+        "print('pandas' in sys.modules)\n"
+        "print(type(pa.table({'a': [1]}).to_pandas()).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "DataFrame"]

@@ -48,6 +48,9 @@ async def test_partner_harvest_is_exact(start_sim, tmp_path: Path) -> None:
     assert all(str(f).startswith("date=2026-03-0") and f.name.startswith("cdr-MA_") for f in files)
     for f in (tmp_path / "lake").rglob("*.parquet"):
         assert pq.read_schema(f).equals(SCHEMA)
+        # rows newest first, as the API pages a day (pages arrive in any order)
+        starts = pq.read_table(f, columns=["start_time"]).column(0).to_pylist()
+        assert starts == sorted(starts, reverse=True)
     assert no_temp_files(tmp_path / "lake") == []
     # The 2,600-record shard took 26 pages of 100.
     big = sim.shard_requests[(ids[2], sim.data.day_list[0].isoformat())]
@@ -73,8 +76,9 @@ async def test_global_scope_sorted_by_account(start_sim, tmp_path: Path) -> None
     files = list((tmp_path / "lake").rglob("*.parquet"))
     assert sorted(f.name for f in files) == ["cdr-global.parquet"] * 2
     for f in files:
-        accounts = pq.read_table(f, columns=["account_id"]).column(0).to_pylist()
-        assert accounts == sorted(accounts) and len(set(accounts)) == 3
+        rows = pq.read_table(f, columns=["account_id", "start_time"]).to_pylist()
+        keys = [(r["account_id"], -r["start_time"].timestamp()) for r in rows]
+        assert keys == sorted(keys) and len({r["account_id"] for r in rows}) == 3
 
 
 async def test_account_scope_with_customer_credentials(start_sim, tmp_path: Path) -> None:
