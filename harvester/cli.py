@@ -287,6 +287,7 @@ def _emit(rep: dict[str, Any], args: argparse.Namespace) -> int:
 
 
 def cmd_harvest(args: argparse.Namespace) -> int:
+    from harvester import lean
     from harvester.progress import Progress, choose_mode
     from harvester.run import harvest
 
@@ -296,6 +297,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
 
         return dry_run(cfg, probe=args.probe, as_json=args.json)
     mode = choose_mode(args.progress, args.quiet)
+    lean.settle()
     rep = loop.run(harvest(cfg, progress=lambda h: Progress(h, mode, args.progress_interval)))
     return _emit(rep, args)
 

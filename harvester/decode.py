@@ -177,14 +177,16 @@ def decode_page(body: bytes, asked_page: int, asked_per_page: int) -> Page:
 
 def to_part(records: list[Any]) -> Part:
     """CDR dicts → a :class:`Part`: one struct conversion in C++, or the slow path."""
-    if not all(type(r) is dict for r in records):
-        raise DecodeError("a record in 'data' is not an object")
     if not records:
         return Part(0)
     try:
-        raw = pa.array(records, RAW)
+        raw = pa.array(records, RAW)  # refuses a number, string or list where an object belongs
     except _ARROW_ERRORS:  # e.g. a number where a string belongs: every column value by value
+        if not all(type(r) is dict for r in records):
+            raise DecodeError("a record in 'data' is not an object") from None
         return Part(len(records), done=columns_to_batch(transpose(records)))
+    if raw.null_count:  # a null record becomes a null struct
+        raise DecodeError("a record in 'data' is null")
     return Part(len(records), raw, _unknown_fields(records))
 
 

@@ -239,7 +239,6 @@ class Harvester:
         action = "reharvested" if prior is not None else "harvested"
         table, first, verdict, pages, attempts = await self.fetch(shard)
         verified = verdict.ok(self.cfg.strict_sums)
-        nbytes = await asyncio.to_thread(self.lake.write_shard, shard, table)
         record = {
             "shard": shard.key,
             "scope": shard.scope,
@@ -247,7 +246,6 @@ class Harvester:
             "date": shard.day.isoformat(),
             "file": self.lake.file_key(shard) if table.num_rows else None,
             "rows": table.num_rows,
-            "bytes": nbytes,
             "pages": pages,
             "attempts": attempts,
             "api_total": first.total,
@@ -259,7 +257,13 @@ class Harvester:
             "open_day": shard.day >= self.cfg.today,
             "harvested_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        await asyncio.to_thread(self.lake.commit, shard, record)  # object stores block: keep the loop free
+
+        def store() -> int:  # the file, then the manifest that commits it
+            nbytes = self.lake.write_shard(shard, table)
+            self.lake.commit(shard, {**record, "bytes": nbytes})
+            return nbytes
+
+        nbytes = await asyncio.to_thread(store)  # files and object stores block: keep the loop free
         self.stats.records += table.num_rows
         self.stats.bytes += nbytes
         status = "verified" if verified else "unverified"

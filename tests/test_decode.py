@@ -57,6 +57,8 @@ def test_timestamps_with_offsets_and_naive_are_utc() -> None:
         b'{"success": true, "data": [{"uuid": "x"',
         b'{"data": {}}',
         b'{"data": [1, 2]}',
+        b'{"data": [null], "pagination": {"total": 1}}',
+        b'{"data": [[1, 2]], "pagination": {"total": 1}}',
         b'{"data": [], "pagination": {}}',
         b'{"success": false, "data": []}',
     ],
