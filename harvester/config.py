@@ -46,6 +46,7 @@ class HarvestConfig:
     refresh: bool = False
     max_runtime: float | None = None
     decode_workers: int = 0  # processes decoding pages beside the event loop (0: decode on it)
+    stream_rows: int = 200_000  # a closed-day shard larger than this is written as it arrives
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
 
@@ -118,6 +119,7 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
     check_range("--per-page", cfg.per_page, 1, 100, "use 1 to 100")
     check_range("--concurrency", cfg.concurrency, 1, 256, "use 1 to 256")
     check_range("--decode-workers", cfg.decode_workers, 0, 16, "use 0 to 16")
+    check_range("--stream-rows", cfg.stream_rows, 100, 10**9, "use 100 or more records")
     if isinstance(cfg.rate, float):
         check_range("--rate", cfg.rate, 0.01, 10_000, "use 0.01 to 10000, 'auto' or 'unlimited'")
     check_range("--lookback", cfg.lookback, 0, 3650, "use 0 or more days")

@@ -10,6 +10,7 @@ calls arrive, so a parallel fetch would miss records and a forward walk repeats 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -28,8 +29,8 @@ from harvester.endpoints import list_params, list_path
 from harvester.errors import HarvestError, NotFound, RetriesExhausted
 from harvester.lake import Lake
 from harvester.plan import Shard, days, discover_accounts, shards_for
-from harvester.store import StorageError
-from harvester.verify import Verdict, verify
+from harvester.store import StagedTable, StorageError
+from harvester.verify import Verdict, table_sums, verify, verify_counts
 from harvester.workers import CHUNK_PAGES, DecodePool, sane_body
 
 log = logging.getLogger("harvester.engine")
@@ -69,6 +70,15 @@ class RunStats:
             c[r.status] += 1
             c[f"action:{r.action}"] += 1
         return c
+
+
+@dataclass
+class Streamed:
+    """A large shard already written, row group by row group, to a staged file."""
+
+    staged: StagedTable
+    rows: int  # distinct uuids, which are the rows written (a stream with repeats is redone)
+    sums: dict[str, float]
 
 
 def dedupe(table: pa.Table) -> pa.Table:
@@ -237,15 +247,16 @@ class Harvester:
                 return ShardResult(shard, "unchanged", "rechecked", rows=int(prior["rows"]))
             log.info("shard %s changed since it was committed: re-harvesting", shard.key)
         action = "reharvested" if prior is not None else "harvested"
-        table, first, verdict, pages, attempts = await self.fetch(shard)
+        got, first, verdict, pages, attempts = await self.fetch(shard)
+        rows = got.rows if isinstance(got, Streamed) else got.num_rows
         verified = verdict.ok(self.cfg.strict_sums)
         record = {
             "shard": shard.key,
             "scope": shard.scope,
             "account": shard.account,
             "date": shard.day.isoformat(),
-            "file": self.lake.file_key(shard) if table.num_rows else None,
-            "rows": table.num_rows,
+            "file": self.lake.file_key(shard) if rows else None,
+            "rows": rows,
             "pages": pages,
             "attempts": attempts,
             "api_total": first.total,
@@ -259,19 +270,19 @@ class Harvester:
         }
 
         def store() -> int:  # the file, then the manifest that commits it
-            nbytes = self.lake.write_shard(shard, table)
+            nbytes = got.staged.publish() if isinstance(got, Streamed) else self.lake.write_shard(shard, got)
             self.lake.commit(shard, {**record, "bytes": nbytes})
             return nbytes
 
         nbytes = await asyncio.to_thread(store)  # files and object stores block: keep the loop free
-        self.stats.records += table.num_rows
+        self.stats.records += rows
         self.stats.bytes += nbytes
         status = "verified" if verified else "unverified"
         if not verified:
             log.warning("shard %s unverified: %s", shard.key, verdict.describe())
         elif verdict.sum_problems:
             log.info("shard %s: sums differ from summary (not strict): %s", shard.key, verdict.describe())
-        return ShardResult(shard, status, action, table.num_rows, pages, nbytes, verdict.describe())
+        return ShardResult(shard, status, action, rows, pages, nbytes, verdict.describe())
 
     async def _get(self, shard: Shard, n: int, per_page: int, decode: Callable[[bytes], T]) -> T:
         """Page ``n`` of a shard, decoded by ``decode`` (a page, or the raw body for the pool)."""
@@ -285,46 +296,105 @@ class Harvester:
         self.stats.fetched += page.rows
         return page
 
-    async def fetch(self, shard: Shard) -> tuple[pa.Table, Page, Verdict, int, int]:
+    async def fetch(self, shard: Shard) -> tuple[pa.Table | Streamed, Page, Verdict, int, int]:
         """Fetch a whole shard, re-fetching until it verifies or attempts run out."""
         open_day = shard.day >= self.cfg.today
         attempts = max(1, self.cfg.verify_attempts)
         for attempt in range(1, attempts + 1):
+            got: pa.Table | Streamed
             try:
                 if open_day or attempt > 1:
-                    table, first, pages = await self._walk(shard)
+                    got, first, pages = await self._walk(shard)
                 else:
-                    table, first, pages = await self._fan_out(shard)
+                    got, first, pages = await self._fan_out(shard)
             except DecodeError as e:  # a page the worker pool could not decode: walk it here
                 log.info("shard %s: %s; fetching it again page by page", shard.key, e)
-                table, first, pages = await self._walk(shard)
-            verdict = verify(table, first.total, first.summary)
+                got, first, pages = await self._walk(shard)
+            if isinstance(got, Streamed):
+                verdict = verify_counts(got.rows, got.sums, first.total, first.summary)
+            else:
+                verdict = verify(got, first.total, first.summary)
             if verdict.ok(self.cfg.strict_sums) or attempt == attempts:
-                return table, first, verdict, pages, attempt
+                return got, first, verdict, pages, attempt
+            if isinstance(got, Streamed):
+                await asyncio.to_thread(got.staged.discard)
             log.info("shard %s attempt %d: %s; fetching it again", shard.key, attempt, verdict.describe())
             await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
         raise AssertionError("unreachable")
 
-    async def _fan_out(self, shard: Shard) -> tuple[pa.Table, Page, int]:
+    async def _fan_out(self, shard: Shard) -> tuple[pa.Table | Streamed, Page, int]:
         """Closed day: probe page 1, then every other page at once."""
         first = await self.page(shard, 1, self.cfg.per_page)
+        if first.total > self.cfg.stream_rows:  # too large to hold: written as it arrives
+            return await self._stream(shard, first)
         per_page = first.per_page  # the server may grant fewer than asked
         got = Collector()
         got.add(first)
         if self.pool is not None and first.pages > 2:
             return await self._fan_out_pooled(shard, first, got)
+        await self._pages_into(got, shard, range(2, first.pages + 1), per_page)
+        return await _assemble(got.table, shard), first, got.pages
+
+    async def _stream(self, shard: Shard, first: Page) -> tuple[pa.Table | Streamed, Page, int]:
+        """A closed day too large to hold: its pages fetched a window at a time, each window
+        joined in page order and written as a row group while the next one is fetched.
+        Memory holds two windows, not the shard."""
+        per_page = first.per_page
+        window = max(1, Collector.CHUNK // max(1, per_page))
+        staged = await asyncio.to_thread(self.lake.stage_shard, shard)
+        uuids: list[pa.ChunkedArray] = []
+        sums: Counter[str] = Counter()
+        written = 0
+        writing: asyncio.Future[None] | None = None
+        pages = 1
+        try:
+            got, n = Collector(), 2
+            got.add(first)
+            while True:
+                upto = min(first.pages, window if n == 2 else n + window - 1)  # page 1 is in the first
+                await self._pages_into(got, shard, range(n, upto + 1), per_page)
+                pages += upto + 1 - n
+                table = got.table()
+                if writing is not None:
+                    await writing
+                if table.num_rows:
+                    writing = asyncio.ensure_future(asyncio.to_thread(staged.write, table))
+                    uuids.append(table.column("uuid"))
+                    sums.update(table_sums(table))
+                    written += table.num_rows
+                if upto >= first.pages:
+                    break
+                got, n = Collector(), upto + 1
+            if writing is not None:
+                await writing
+            column = pa.chunked_array([c for u in uuids for c in u.chunks], pa.string())
+            distinct = pc.count_distinct(column).as_py() if written else 0
+        except BaseException:
+            if writing is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(writing)  # never close a file a thread is writing to
+            staged.discard()
+            raise
+        if distinct != written:  # pages shifted under us: a file cannot be deduplicated in place
+            staged.discard()
+            repeats = written - distinct
+            log.info("shard %s: %d rows repeat across pages; fetching it again", shard.key, repeats)
+            return await self._walk(shard)
+        return Streamed(staged, written, dict(sums)), first, pages
+
+    async def _pages_into(self, got: Collector, shard: Shard, numbers: range, per_page: int) -> None:
+        """Fetch the given pages of a shard at once into ``got``."""
 
         async def fetch(n: int) -> None:
             got.add(await self.page(shard, n, per_page))
 
-        if first.pages > 1:
+        if numbers:
             try:
                 async with asyncio.TaskGroup() as tg:
-                    for n in range(2, first.pages + 1):
+                    for n in numbers:
                         tg.create_task(fetch(n))
             except ExceptionGroup as eg:
                 raise _first_error(eg) from None
-        return await _assemble(got.table, shard), first, got.pages
 
     async def _fan_out_pooled(self, shard: Shard, first: Page, got: Collector) -> tuple[pa.Table, Page, int]:
         """Pages 2..N fetched here, decoded in the worker pool in chunks as they arrive."""

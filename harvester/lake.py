@@ -30,7 +30,8 @@ import pyarrow as pa
 from harvester.crashpoints import crash_point
 from harvester.errors import LakeError, UsageError
 from harvester.plan import Shard
-from harvester.store import LocalStore, ObjectStore, open_store
+from harvester.schema import SCHEMA
+from harvester.store import LocalStore, ObjectStore, StagedTable, open_store
 
 FORMAT = 1
 # Low-cardinality columns only: dictionary-encoding uuids and numbers is wasted work per file.
@@ -188,6 +189,11 @@ class Lake:
             self.store.delete(key)
             return 0
         return int(self.store.write_table(key, table, **WRITE_OPTIONS))
+
+    def stage_shard(self, shard: Shard) -> StagedTable:
+        """A shard's file written a row group at a time, appearing whole on ``publish``."""
+        options = {k: v for k, v in WRITE_OPTIONS.items() if k != "row_group_size"}
+        return self.store.stage_table(self.file_key(shard), SCHEMA, **options)
 
     def commit(self, shard: Shard, record: dict[str, Any]) -> None:
         """Record a shard as committed (after its file is in place)."""

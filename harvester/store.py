@@ -44,6 +44,36 @@ def is_uri(out: str | Path) -> bool:
     return "://" in str(out)
 
 
+class StagedTable:
+    """A Parquet file being written a row group at a time (a shard too large to hold in
+    memory): invisible until :meth:`publish`, gone after :meth:`discard`."""
+
+    def __init__(
+        self, writer: pq.ParquetWriter, publish: Callable[[], int], discard: Callable[[], None], where: str
+    ) -> None:
+        self._writer = writer
+        self._publish = publish
+        self._discard = discard
+        self.where = where
+
+    def write(self, table: pa.Table) -> None:
+        try:
+            self._writer.write_table(table)
+        except (OSError, pa.ArrowException) as e:
+            raise StorageError(f"write {self.where}: {_short(e)}") from None
+
+    def publish(self) -> int:
+        """Finish the file and make it appear whole; returns its size in bytes."""
+        try:
+            return self._publish()
+        except (OSError, pa.ArrowException) as e:
+            self.discard()
+            raise StorageError(f"write {self.where}: {_short(e)}") from None
+
+    def discard(self) -> None:
+        self._discard()
+
+
 class LocalStore:
     """A directory on a local (or mounted) filesystem."""
 
@@ -81,12 +111,24 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
 
-    def _replace(self, key: str, write: Callable[[Path], object]) -> Path:
+    def _tmp(self, key: str) -> tuple[Path, Path]:
         final = self.path(key)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        return final, final.with_name(f".{final.name}.{os.getpid()}.tmp")
+
+    def _replace(self, key: str, write: Callable[[Path], object]) -> Path:
+        final, tmp = self._tmp(key)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             write(tmp)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise LakeError(f"cannot write {final}: {e.strerror or e}") from None
+        return self._publish(tmp, final)
+
+    def _publish(self, tmp: Path, final: Path) -> Path:
+        """fsync the temporary file, rename it into place, fsync the directory."""
+        try:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             crash_point("before-rename")
@@ -98,6 +140,27 @@ class LocalStore:
                 tmp.unlink()
             raise LakeError(f"cannot write {final}: {e.strerror or e}") from None
         return final
+
+    def stage_table(self, key: str, schema: pa.Schema, **options: Any) -> StagedTable:
+        """A Parquet file written a row group at a time, that appears whole on ``publish``."""
+        final, tmp = self._tmp(key)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            writer = pq.ParquetWriter(str(tmp), schema, **options)
+        except OSError as e:
+            raise LakeError(f"cannot write {final}: {e.strerror or e}") from None
+
+        def publish() -> int:
+            writer.close()
+            return self._publish(tmp, final).stat().st_size
+
+        def discard() -> None:
+            with contextlib.suppress(Exception):
+                writer.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+        return StagedTable(writer, publish, discard, f"{final}")
 
     def write(self, key: str, data: bytes) -> None:
         self._replace(key, lambda p: p.write_bytes(data))
@@ -242,6 +305,28 @@ class ObjectStore:
             return int(size)
 
         return self._retry(f"write {key} to", op)
+
+    def stage_table(self, key: str, schema: pa.Schema, **options: Any) -> StagedTable:
+        """A Parquet object uploaded a row group at a time (multipart), that appears whole
+        on ``publish``; ``discard`` aborts the upload. Not retried: a failure fails the shard."""
+        try:
+            sink = self.fs.open_output_stream(self._full(key))
+            writer = pq.ParquetWriter(sink, schema, **options)
+        except (OSError, pa.ArrowException) as e:
+            raise StorageError(f"write {key} to {self.uri}: {_short(e)}") from None
+
+        def publish() -> int:
+            writer.close()
+            crash_point("before-upload-complete")
+            size = sink.tell()
+            sink.close()  # the object appears now, whole
+            return int(size)
+
+        def discard() -> None:
+            with contextlib.suppress(Exception):
+                sink.abort()
+
+        return StagedTable(writer, publish, discard, f"{self.uri}/{key}")
 
     def delete(self, key: str) -> None:
         def op() -> None:

@@ -66,11 +66,15 @@ def _num(v: Any) -> float | None:
 
 def verify(table: pa.Table, total: int, summary: dict[str, Any] | None) -> Verdict:
     """Reconcile a deduplicated shard table with the API's total and summary."""
-    sums = table_sums(table)
+    return verify_counts(table.num_rows, table_sums(table), total, summary)
+
+
+def verify_counts(rows: int, sums: dict[str, float], total: int, summary: dict[str, Any] | None) -> Verdict:
+    """Reconcile a shard's distinct row count and column sums with the API's numbers."""
     expected = {col: _num((summary or {}).get(key)) for col, key in SUM_KEYS.items()}
-    v = Verdict(rows=table.num_rows, total=total, sums=sums, expected_sums=expected)
-    if table.num_rows != total:
-        v.problems.append(f"{table.num_rows} distinct records but the API total is {total}")
+    v = Verdict(rows=rows, total=total, sums=sums, expected_sums=expected)
+    if rows != total:
+        v.problems.append(f"{rows} distinct records but the API total is {total}")
     if summary is None:
         v.sum_problems.append("no summary block to check sums against")
         return v

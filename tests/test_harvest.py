@@ -7,9 +7,12 @@ from pathlib import Path
 
 import orjson
 import pyarrow.parquet as pq
+import pytest
 
+from harvester.decode import Collector
 from harvester.schema import SCHEMA
 from harvester.sim import SimConfig
+from harvester.store import StagedTable, StorageError
 from tests.conftest import (
     PAST,
     all_records,
@@ -55,6 +58,59 @@ async def test_partner_harvest_is_exact(start_sim, tmp_path: Path) -> None:
     # The 2,600-record shard took 26 pages of 100.
     big = sim.shard_requests[(ids[2], sim.data.day_list[0].isoformat())]
     assert big == 26
+
+
+async def test_a_large_shard_is_streamed_to_its_file_row_group_by_row_group(
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Collector, "CHUNK", 300)  # windows of 3 pages of 100
+    sim = await start_sim(SimConfig(dataset=_sized_dataset()))
+    lake = tmp_path / "lake"
+    rep = await run_harvest(sim, lake, stream_rows=500)  # only the 2,600-record shard streams
+    assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 6, rep
+    ids = [c.auth_id for c in sim.data.customer_list]
+    assert_lake_equals(lake, sim.data.records(ids, sim.data.day_list))
+    day = sim.data.day_list[0].isoformat()
+    big = pq.ParquetFile(lake / f"date={day}/cdr-{ids[2]}.parquet")
+    assert big.metadata.num_rows == 2600 and big.num_row_groups == 9  # 8 windows of 3 pages + 2
+    starts = big.read(columns=["start_time"]).column(0).to_pylist()
+    assert starts == sorted(starts, reverse=True)
+    assert pq.ParquetFile(lake / f"date={day}/cdr-{ids[1]}.parquet").num_row_groups == 1  # held, not streamed
+    record = orjson.loads((lake / f"_manifest/date={day}/{ids[2]}.json").read_bytes())
+    assert (record["rows"], record["pages"], record["verified"]) == (2600, 26, True)
+    assert record["bytes"] == (lake / f"date={day}/cdr-{ids[2]}.parquet").stat().st_size
+    assert sim.shard_requests[(ids[2], day)] == 26
+    assert no_temp_files(lake) == []
+
+
+async def test_a_stream_that_fails_leaves_nothing_and_the_rerun_completes(
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Collector, "CHUNK", 300)
+    real_write = StagedTable.write
+    calls = 0
+
+    def failing_third_write(self: StagedTable, table: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise StorageError("write refused by the disk")
+        real_write(self, table)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StagedTable, "write", failing_third_write)
+    sim = await start_sim(SimConfig(dataset=_sized_dataset()))
+    lake = tmp_path / "lake"
+    rep = await run_harvest(sim, lake, stream_rows=500)
+    assert rep["exit_code"] == 1 and rep["shards"]["failed"] == 1 and rep["shards"]["verified"] == 5
+    ids = [c.auth_id for c in sim.data.customer_list]
+    day = sim.data.day_list[0].isoformat()
+    assert not (lake / f"date={day}/cdr-{ids[2]}.parquet").exists()
+    assert not (lake / f"_manifest/date={day}/{ids[2]}.json").exists()
+    assert no_temp_files(lake) == []
+    monkeypatch.setattr(StagedTable, "write", real_write)
+    again = await run_harvest(sim, lake, stream_rows=500)
+    assert again["exit_code"] == 0 and again["shards"]["harvested"] == 1 and again["shards"]["skipped"] == 5
+    assert_lake_equals(lake, sim.data.records(ids, sim.data.day_list))
 
 
 async def test_second_run_adds_no_duplicates(start_sim, tmp_path: Path) -> None:

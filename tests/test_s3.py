@@ -152,22 +152,25 @@ async def test_kill9_then_resume_on_s3(start_sim, s3, moto, proxy, point: str) -
         assert sim.shard_requests[(who, day)] == before.get((who, day), 0)
 
 
-async def test_storage_failure_fails_the_shard_not_the_run(start_sim, s3, moto, proxy) -> None:
+@pytest.mark.parametrize("extra", [(), ("--stream-rows", "100")], ids=["held", "streamed"])
+async def test_storage_failure_fails_the_shard_not_the_run(start_sim, s3, moto, proxy, extra) -> None:
     sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=1, calls_per_day=150, end_date=PAST)))
     faulty, url = proxy
     broken = sim.data.customer_list[0].auth_id
     faulty.fail_puts_matching = f"cdr-{broken}.parquet"
-    out = f"s3://{BUCKET}/broken"
-    code, stdout, err = await _harvest_s3(sim, out, url, "--json")
+    out = f"s3://{BUCKET}/broken-{len(extra)}"
+    code, stdout, err = await _harvest_s3(sim, out, url, "--json", *extra)
     assert code == 1, err
     rep = orjson.loads(stdout)
     assert rep["shards"]["failed"] == 1 and rep["shards"]["verified"] == 2
     assert broken in rep["failed"][0]["shard"] and "s3://" in rep["failed"][0]["detail"]
-    _, keys = _read_lake(moto, "broken")
+    _, keys = _read_lake(moto, f"broken-{len(extra)}")
     assert not [k for k in keys if broken in k]  # neither a file nor a manifest record
     faulty.fail_puts_matching = None
-    code, stdout, err = await _harvest_s3(sim, out, url, "--json")
+    code, stdout, err = await _harvest_s3(sim, out, url, "--json", *extra)
     assert code == 0 and orjson.loads(stdout)["shards"]["skipped"] == 2
+    uuids, _ = _read_lake(moto, f"broken-{len(extra)}")
+    assert len(uuids) == len(set(uuids)) and set(uuids) == _expected(sim)
 
 
 async def test_missing_bucket_is_a_usage_error(start_sim, s3, moto) -> None:
