@@ -66,6 +66,15 @@ SCENARIOS = {
         runs=1,
         sim_extra=["--cache-records", "1200000", "--page-cache-mb", "2048"],
     ),
+    "bigshard": Scenario(
+        "bigshard",
+        2,
+        1,
+        300_000,
+        ["harvester"],
+        runs=1,
+        sim_extra=["--cache-records", "700000", "--page-cache-mb", "2048"],
+    ),
     "progress": Scenario("progress", 20, 7, 950, ["harvester", "harvester+progress"], runs=5),
     "s3": Scenario("s3", 20, 7, 950, ["harvester", "harvester>s3"], runs=3),
 }

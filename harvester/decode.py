@@ -99,7 +99,7 @@ class Collector:
     in the API's own order (newest first) without a sort, and casts them a chunk of rows at
     a time: one cast per chunk, and the raw parts are released as their chunk is finished."""
 
-    CHUNK = 16_384
+    CHUNK = 8_192
 
     def __init__(self, track_uuids: bool = False) -> None:
         self.pages = 0
