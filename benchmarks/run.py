@@ -2,6 +2,7 @@
 
     python -m benchmarks                      # loopback, latency, limit scenarios
     python -m benchmarks --scenario memory    # 1M records, peak RSS
+    python -m benchmarks --scenario bigshard  # two shards of 327k records, streamed to their files
     python -m benchmarks --scenario loopback --runs 5
 
 The simulator runs in its own process (its CPU is measured separately, to show it is not
