@@ -131,6 +131,7 @@ def test_collector_joins_pages_in_page_order_in_chunks_and_tracks_uuids() -> Non
 
 
 def test_cli_trim_leaves_pandas_unloaded_yet_usable() -> None:
+    pytest.importorskip("pandas")  # installed with the 'bench' extra, not in CI's
     code = (
         "import sys\n"
         "from harvester import lean\n"
