@@ -300,10 +300,11 @@ class Harvester:
         """Fetch a whole shard, re-fetching until it verifies or attempts run out."""
         open_day = shard.day >= self.cfg.today
         attempts = max(1, self.cfg.verify_attempts)
+        streamed = False  # a shard too large to hold is fetched again as a stream, not walked
         for attempt in range(1, attempts + 1):
             got: pa.Table | Streamed
             try:
-                if open_day or attempt > 1:
+                if open_day or (attempt > 1 and not streamed):
                     got, first, pages = await self._walk(shard)
                 else:
                     got, first, pages = await self._fan_out(shard)
@@ -317,6 +318,7 @@ class Harvester:
             if verdict.ok(self.cfg.strict_sums) or attempt == attempts:
                 return got, first, verdict, pages, attempt
             if isinstance(got, Streamed):
+                streamed = True
                 await asyncio.to_thread(got.staged.discard)
             log.info("shard %s attempt %d: %s; fetching it again", shard.key, attempt, verdict.describe())
             await asyncio.sleep(min(10.0, 0.5 * 2**attempt))

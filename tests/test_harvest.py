@@ -9,6 +9,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from harvester import engine
 from harvester.decode import Collector
 from harvester.schema import SCHEMA
 from harvester.sim import SimConfig
@@ -80,6 +81,34 @@ async def test_a_large_shard_is_streamed_to_its_file_row_group_by_row_group(
     assert (record["rows"], record["pages"], record["verified"]) == (2600, 26, True)
     assert record["bytes"] == (lake / f"date={day}/cdr-{ids[2]}.parquet").stat().st_size
     assert sim.shard_requests[(ids[2], day)] == 26
+    assert no_temp_files(lake) == []
+
+
+async def test_a_streamed_shard_that_does_not_verify_is_streamed_again(
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Collector, "CHUNK", 300)
+    real_verify = engine.verify_counts
+    calls = 0
+
+    def short_once(rows: int, *args: object) -> object:
+        nonlocal calls
+        calls += 1
+        return real_verify(rows - (calls == 1), *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "verify_counts", short_once)
+    sim = await start_sim(SimConfig(dataset=_sized_dataset()))
+    lake = tmp_path / "lake"
+    rep = await run_harvest(sim, lake, stream_rows=500)
+    assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 6, rep
+    ids = [c.auth_id for c in sim.data.customer_list]
+    day = sim.data.day_list[0].isoformat()
+    assert calls == 2
+    assert sim.shard_requests[(ids[2], day)] == 2 * 26  # streamed twice, not walked (a walk re-probes)
+    record = orjson.loads((lake / f"_manifest/date={day}/{ids[2]}.json").read_bytes())
+    assert (record["rows"], record["attempts"]) == (2600, 2)
+    assert pq.ParquetFile(lake / f"date={day}/cdr-{ids[2]}.parquet").num_row_groups == 9
+    assert_lake_equals(lake, sim.data.records(ids, sim.data.day_list))
     assert no_temp_files(lake) == []
 
 
