@@ -140,10 +140,10 @@ def _harvest_parser(sub: Any) -> None:
     t.add_argument(
         "--stream-rows",
         type=int,
-        default=200_000,
+        default=20_000,
         metavar="N",
         help="a closed day's shard of more than N records is written to its file a row group at a "
-        "time as its pages arrive, instead of held in memory (default 200000)",
+        "time as its pages arrive, instead of held in memory (default 20000)",
     )
     t.add_argument("--per-page", type=int, default=100, help="records per page, 1-100 (default 100)")
     t.add_argument(

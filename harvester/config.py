@@ -46,7 +46,7 @@ class HarvestConfig:
     refresh: bool = False
     max_runtime: float | None = None
     decode_workers: int = 0  # processes decoding pages beside the event loop (0: decode on it)
-    stream_rows: int = 200_000  # a closed-day shard larger than this is written as it arrives
+    stream_rows: int = 20_000  # a closed-day shard larger than this is written as it arrives
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
 

@@ -121,6 +121,7 @@ class Harvester:
         # Shards open at once: enough to keep every request slot busy when shards are one page
         # each, few enough that memory is bound by requests in flight, not by harvest size.
         self._shard_sem = asyncio.Semaphore(cfg.concurrency + 4)
+        self._streams = asyncio.Semaphore(2)  # shards streaming to their files at once
         self._prior: dict[Any, dict[str, Any]] = {}  # the manifest as it was when the run planned
         self.end_offset = 0  # 1 when the server treats end_date as exclusive (see day_window)
 
@@ -340,7 +341,12 @@ class Harvester:
     async def _stream(self, shard: Shard, first: Page) -> tuple[pa.Table | Streamed, Page, int]:
         """A closed day too large to hold: its pages fetched a window at a time, each window
         joined in page order and written as a row group while the next one is fetched.
-        Memory holds two windows, not the shard."""
+        Memory holds two windows, not the shard; at most two shards stream at once (each keeps
+        every request slot busy), so memory does not grow with the number of big customers."""
+        async with self._streams:
+            return await self._stream_held(shard, first)
+
+    async def _stream_held(self, shard: Shard, first: Page) -> tuple[pa.Table | Streamed, Page, int]:
         per_page = first.per_page
         window = max(1, Collector.CHUNK // max(1, per_page))
         staged = await asyncio.to_thread(self.lake.stage_shard, shard)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
@@ -82,6 +83,31 @@ async def test_a_large_shard_is_streamed_to_its_file_row_group_by_row_group(
     assert record["bytes"] == (lake / f"date={day}/cdr-{ids[2]}.parquet").stat().st_size
     assert sim.shard_requests[(ids[2], day)] == 26
     assert no_temp_files(lake) == []
+
+
+async def test_at_most_two_shards_stream_at_once(
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Collector, "CHUNK", 200)
+    open_now, most = 0, 0
+    real_stream = engine.Harvester._stream_held
+
+    async def counted(self: engine.Harvester, *args: Any) -> Any:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            return await real_stream(self, *args)
+        finally:
+            open_now -= 1
+
+    monkeypatch.setattr(engine.Harvester, "_stream_held", counted)
+    sim = await start_sim(SimConfig(dataset=dataset(customers=5, days=1, calls_per_day=700)))
+    lake = tmp_path / "lake"
+    rep = await run_harvest(sim, lake, stream_rows=300)
+    assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 5, rep
+    assert most == 2 and open_now == 0
+    assert_lake_equals(lake, all_records(sim))
 
 
 async def test_a_streamed_shard_that_does_not_verify_is_streamed_again(
