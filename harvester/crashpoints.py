@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections import Counter
 
 _SPEC = os.environ.get("VOBIZ_HARVEST_CRASH", "")
 _seen: Counter[str] = Counter()
+_lock = threading.Lock()  # commits run in several threads: count each passage exactly once
 
 
 def crash_point(name: str) -> None:
@@ -22,6 +24,8 @@ def crash_point(name: str) -> None:
     point, _, n = _SPEC.partition(":")
     if point != name:
         return
-    _seen[name] += 1
-    if _seen[name] == int(n or 1):
+    with _lock:
+        _seen[name] += 1
+        hit = _seen[name] == int(n or 1)
+    if hit:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -155,14 +155,16 @@ async def _resume_and_check(sim: Simulator, out: Path, committed: set[str]) -> N
 
 @pytest.mark.parametrize("point", ["before-rename:2", "after-rename:3", "after-commit:2"])
 async def test_kill9_at_a_crash_point_then_resume(start_sim, tmp_path: Path, point: str) -> None:
-    sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=250, end_date=PAST)))
+    # 12 shards, 6 open at a time (concurrency 2 + 4): a kill at the 2nd or 3rd passage leaves
+    # some uncommitted however the commits of the open shards interleave.
+    sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=4, calls_per_day=250, end_date=PAST)))
     out = tmp_path / "lake"
     code, _, _ = await cli(
         *sim_args(sim, out, "--concurrency", "2"), env=sim_env(sim, VOBIZ_HARVEST_CRASH=point)
     )
     assert code == -signal.SIGKILL
     committed = _manifest_keys(out)
-    assert len(committed) < 6, "the run was killed before it finished"
+    assert len(committed) < 12, "the run was killed before it finished"
     if point.startswith("after-commit"):
         assert len(committed) >= 2
     if point.startswith("before-rename"):
