@@ -147,6 +147,8 @@ BAD_INPUT = [
     (["--per-page", "101"], "--per-page"),
     (["--concurrency", "0"], "--concurrency"),
     (["--concurrency", "many"], "--concurrency"),
+    (["--stream-rows", "5"], "--stream-rows"),
+    (["--decode-workers", "99"], "--decode-workers"),
     (["--rate", "fast"], "--rate"),
     (["--rate", "-3"], "--rate"),
     (["--scope", "planet"], "--scope"),
