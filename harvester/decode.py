@@ -64,16 +64,6 @@ class Part:
 
 
 @dataclass(frozen=True)
-class Columns:
-    """Records transposed into one list per schema field, plus any unknown fields per row
-    (the slow path's intermediate form)."""
-
-    values: list[list[Any]]
-    unknown: list[dict[str, Any] | None] | None  # None: no row has an unknown field
-    rows: int
-
-
-@dataclass(frozen=True)
 class Page:
     """One decoded list page: its records, and the API's own numbers."""
 
@@ -184,7 +174,7 @@ def to_part(records: list[Any]) -> Part:
     except _ARROW_ERRORS:  # e.g. a number where a string belongs: every column value by value
         if not all(type(r) is dict for r in records):
             raise DecodeError("a record in 'data' is not an object") from None
-        return Part(len(records), done=columns_to_batch(transpose(records)))
+        return Part(len(records), done=_per_value_batch(records))
     if raw.null_count:  # a null record becomes a null struct
         raise DecodeError("a record in 'data' is null")
     return Part(len(records), raw, _unknown_fields(records))
@@ -248,22 +238,13 @@ def _extra_column(n: int, extras: dict[int, dict[str, Any]]) -> pa.Array:
     )
 
 
-def transpose(records: list[dict[str, Any]]) -> Columns:
-    """Slow path: CDR dicts → one list per schema field, and the fields the schema does not know."""
-    values = [[r.get(name) for r in records] for name in FIELD_NAMES]
-    return Columns(values, _unknown_fields(records), len(records))
-
-
-def columns_to_batch(cols: Columns) -> pa.RecordBatch:
-    """Transposed records → one record batch of :data:`harvester.schema.SCHEMA`."""
-    n = cols.rows
-    if n == 0:
-        return _EMPTY
-    extras: dict[int, dict[str, Any]] = {}
-    if cols.unknown is not None:
-        extras = {i: dict(u) for i, u in enumerate(cols.unknown) if u}
-    arrays = [_column(name, kind, col, extras) for (name, kind), col in zip(FIELDS, cols.values, strict=True)]
-    arrays.append(_extra_column(n, extras))
+def _per_value_batch(records: list[dict[str, Any]]) -> pa.RecordBatch:
+    """Slow path: every column value by value, coercing what it can and keeping the rest
+    (and any field the schema does not know) in ``_extra``."""
+    unknown = _unknown_fields(records) or []
+    extras = {i: dict(u) for i, u in enumerate(unknown) if u}
+    arrays = [_column(name, kind, [r.get(name) for r in records], extras) for name, kind in FIELDS]
+    arrays.append(_extra_column(len(records), extras))
     return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
 
 

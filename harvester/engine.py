@@ -344,9 +344,9 @@ class Harvester:
         Memory holds two windows, not the shard; at most two shards stream at once (each keeps
         every request slot busy), so memory does not grow with the number of big customers."""
         async with self._streams:
-            return await self._stream_held(shard, first)
+            return await self._stream_pages(shard, first)
 
-    async def _stream_held(self, shard: Shard, first: Page) -> tuple[pa.Table | Streamed, Page, int]:
+    async def _stream_pages(self, shard: Shard, first: Page) -> tuple[pa.Table | Streamed, Page, int]:
         per_page = first.per_page
         window = max(1, Collector.CHUNK // max(1, per_page))
         staged = await asyncio.to_thread(self.lake.stage_shard, shard)

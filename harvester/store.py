@@ -123,7 +123,7 @@ class LocalStore:
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise LakeError(f"cannot write {final}: {e.strerror or e}") from None
+            raise _cannot_write(final, e) from None
         return self._publish(tmp, final)
 
     def _publish(self, tmp: Path, final: Path) -> Path:
@@ -138,7 +138,7 @@ class LocalStore:
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise LakeError(f"cannot write {final}: {e.strerror or e}") from None
+            raise _cannot_write(final, e) from None
         return final
 
     def stage_table(self, key: str, schema: pa.Schema, **options: Any) -> StagedTable:
@@ -148,7 +148,7 @@ class LocalStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             writer = pq.ParquetWriter(str(tmp), schema, **options)
         except OSError as e:
-            raise LakeError(f"cannot write {final}: {e.strerror or e}") from None
+            raise _cannot_write(final, e) from None
 
         def publish() -> int:
             writer.close()
@@ -199,6 +199,10 @@ class LocalStore:
                     p.unlink()
                     n += 1
         return n
+
+
+def _cannot_write(final: Path, e: OSError) -> LakeError:
+    return LakeError(f"cannot write {final}: {e.strerror or e}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -295,14 +299,11 @@ class ObjectStore:
             sink = self.fs.open_output_stream(self._full(key))
             try:
                 pq.write_table(table, sink, **options)
-                crash_point("before-upload-complete")
-                size = sink.tell()
             except BaseException:
                 with contextlib.suppress(Exception):
                     sink.abort()
                 raise
-            sink.close()  # the object appears now, whole
-            return int(size)
+            return _complete_upload(sink)
 
         return self._retry(f"write {key} to", op)
 
@@ -317,10 +318,7 @@ class ObjectStore:
 
         def publish() -> int:
             writer.close()
-            crash_point("before-upload-complete")
-            size = sink.tell()
-            sink.close()  # the object appears now, whole
-            return int(size)
+            return _complete_upload(sink)
 
         def discard() -> None:
             with contextlib.suppress(Exception):
@@ -382,6 +380,14 @@ class ObjectStore:
         if n:
             log.info("aborted %d unfinished multipart uploads under %s", n, self.uri)
         return n
+
+
+def _complete_upload(sink: pa.NativeFile) -> int:
+    """Finish an object's upload: the object appears now, whole; returns its size."""
+    crash_point("before-upload-complete")
+    size = sink.tell()
+    sink.close()
+    return int(size)
 
 
 def _short(e: BaseException) -> str:

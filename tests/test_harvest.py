@@ -90,7 +90,7 @@ async def test_at_most_two_shards_stream_at_once(
 ) -> None:
     monkeypatch.setattr(Collector, "CHUNK", 200)
     open_now, most = 0, 0
-    real_stream = engine.Harvester._stream_held
+    real_stream = engine.Harvester._stream_pages
 
     async def counted(self: engine.Harvester, *args: Any) -> Any:
         nonlocal open_now, most
@@ -101,7 +101,7 @@ async def test_at_most_two_shards_stream_at_once(
         finally:
             open_now -= 1
 
-    monkeypatch.setattr(engine.Harvester, "_stream_held", counted)
+    monkeypatch.setattr(engine.Harvester, "_stream_pages", counted)
     sim = await start_sim(SimConfig(dataset=dataset(customers=5, days=1, calls_per_day=700)))
     lake = tmp_path / "lake"
     rep = await run_harvest(sim, lake, stream_rows=300)
