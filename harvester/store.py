@@ -31,6 +31,7 @@ from harvester.crashpoints import crash_point
 from harvester.errors import HarvestError, LakeError, UsageError
 
 log = logging.getLogger("harvester.store")
+BUFFER = 1 << 20  # a streamed file's writes are gathered to this size
 T = TypeVar("T")
 
 
@@ -115,22 +116,45 @@ class LocalStore:
         final = self.path(key)
         return final, final.with_name(f".{final.name}.{os.getpid()}.tmp")
 
-    def _replace(self, key: str, write: Callable[[Path], object]) -> Path:
+    def _put(self, key: str, data: bytes | pa.Buffer) -> int:
+        """Write ``data`` to a temporary file in one call, fsync it, rename it into place."""
         final, tmp = self._tmp(key)
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            write(tmp)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            try:
+                fd = os.open(tmp, flags, 0o644)
+            except FileNotFoundError:  # the day's directory, made on its first file
+                final.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, flags, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise _cannot_write(final, e) from None
-        return self._publish(tmp, final)
+        self._rename(tmp, final)
+        return len(memoryview(data))
 
     def _publish(self, tmp: Path, final: Path) -> Path:
         """fsync the temporary file, rename it into place, fsync the directory."""
         try:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _cannot_write(final, e) from None
+        self._rename(tmp, final)
+        return final
+
+    def _rename(self, tmp: Path, final: Path) -> None:
+        """Rename an fsynced temporary file into place, then fsync the directory."""
+        try:
             crash_point("before-rename")
             os.replace(tmp, final)
             _fsync_dir(final.parent)
@@ -139,34 +163,39 @@ class LocalStore:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise _cannot_write(final, e) from None
-        return final
 
     def stage_table(self, key: str, schema: pa.Schema, **options: Any) -> StagedTable:
         """A Parquet file written a row group at a time, that appears whole on ``publish``."""
         final, tmp = self._tmp(key)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            writer = pq.ParquetWriter(str(tmp), schema, **options)
+            sink = pa.BufferedOutputStream(pa.OSFile(str(tmp), "wb"), BUFFER)
+            writer = pq.ParquetWriter(sink, schema, **options)
         except OSError as e:
             raise _cannot_write(final, e) from None
 
         def publish() -> int:
             writer.close()
-            return self._publish(tmp, final).stat().st_size
+            size = sink.tell()
+            sink.close()
+            self._publish(tmp, final)
+            return int(size)
 
         def discard() -> None:
             with contextlib.suppress(Exception):
                 writer.close()
+            with contextlib.suppress(Exception):
+                sink.close()
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
         return StagedTable(writer, publish, discard, f"{final}")
 
     def write(self, key: str, data: bytes) -> None:
-        self._replace(key, lambda p: p.write_bytes(data))
+        self._put(key, data)
 
     def write_table(self, key: str, table: pa.Table, **options: Any) -> int:
-        return self._replace(key, lambda p: pq.write_table(table, p, **options)).stat().st_size
+        return self._put(key, parquet_bytes(table, **options))
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -199,6 +228,14 @@ class LocalStore:
                     p.unlink()
                     n += 1
         return n
+
+
+def parquet_bytes(table: pa.Table, **options: Any) -> pa.Buffer:
+    """A whole Parquet file in memory: encoding a small file straight to disk costs a system
+    call per page header and column chunk, about a third of the time of writing it."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **options)
+    return sink.getvalue()
 
 
 def _cannot_write(final: Path, e: OSError) -> LakeError:
@@ -295,10 +332,12 @@ class ObjectStore:
         self._retry(f"write {key} to", op)
 
     def write_table(self, key: str, table: pa.Table, **options: Any) -> int:
+        data = parquet_bytes(table, **options)  # encoded once, whatever the retries
+
         def op() -> int:
             sink = self.fs.open_output_stream(self._full(key))
             try:
-                pq.write_table(table, sink, **options)
+                sink.write(data)
             except BaseException:
                 with contextlib.suppress(Exception):
                     sink.abort()
