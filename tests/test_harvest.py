@@ -56,11 +56,14 @@ async def test_partner_harvest_is_exact(start_sim, tmp_path: Path) -> None:
         # rows newest first, as the API pages a day (pages arrive in any order)
         starts = pq.read_table(f, columns=["start_time"]).column(0).to_pylist()
         assert starts == sorted(starts, reverse=True)
-        # zstd where it pays; dictionary-encoded columns stay uncompressed
+        # zstd where it pays; delta-encoded times and integers, dictionary-encoded text
         chunks = pq.ParquetFile(f).metadata.row_group(0)
-        codec = {chunks.column(i).path_in_schema: chunks.column(i).compression for i in range(len(SCHEMA))}
-        assert codec["uuid"] == codec["start_time"] == codec["cost"] == "ZSTD"
-        assert codec["account_id"] == codec["hangup_cause"] == codec["_extra"] == "UNCOMPRESSED"
+        cols = {chunks.column(i).path_in_schema: chunks.column(i) for i in range(len(SCHEMA))}
+        assert cols["uuid"].compression == cols["cost"].compression == "ZSTD"
+        for name in ("account_id", "hangup_cause", "_extra", "start_time", "billsec"):
+            assert cols[name].compression == "UNCOMPRESSED"
+        assert "DELTA_BINARY_PACKED" in cols["start_time"].encodings
+        assert "DELTA_BINARY_PACKED" in cols["id"].encodings
     assert no_temp_files(tmp_path / "lake") == []
     # The 2,600-record shard took 26 pages of 100.
     big = sim.shard_requests[(ids[2], sim.data.day_list[0].isoformat())]
