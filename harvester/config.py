@@ -118,7 +118,7 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
         )
     check_range("--per-page", cfg.per_page, 1, 100, "use 1 to 100")
     check_range("--concurrency", cfg.concurrency, 1, 256, "use 1 to 256")
-    check_range("--decode-workers", cfg.decode_workers, 0, 16, "use 0 to 16")
+    check_range("--decode-workers", cfg.decode_workers, 0, 16, "use 0 to 16 or 'auto'")
     check_range("--stream-rows", cfg.stream_rows, 100, 10**9, "use 100 or more records")
     if isinstance(cfg.rate, float):
         check_range("--rate", cfg.rate, 0.01, 10_000, "use 0.01 to 10000, 'auto' or 'unlimited'")
@@ -131,6 +131,20 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
     if direction is not None and direction not in DIRECTIONS:
         raise UsageError(f"--call-direction {direction!r} is unknown: use inbound or outbound")
     return cfg
+
+
+def parse_workers(value: str | int) -> int:
+    """``auto`` (see :func:`harvester.workers.auto_workers`) or a number of decode workers."""
+    if str(value).strip().lower() == "auto":
+        from harvester.workers import auto_workers
+
+        return auto_workers()
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError(f"--decode-workers {value!r} is not a number: use 0 to 16 or 'auto'") from None
+    check_range("--decode-workers", n, 0, 16, "use 0 to 16 or 'auto'")
+    return n
 
 
 def parse_rate(value: str) -> float | str | None:

@@ -127,7 +127,7 @@ class Collector:
         return pa.Table.from_batches(batches, schema=SCHEMA)
 
 
-def loads(body: bytes) -> Any:
+def loads(body: bytes | bytearray) -> Any:
     """orjson, with failures turned into :class:`DecodeError`."""
     try:
         return orjson.loads(body)
@@ -144,7 +144,7 @@ def _int(value: Any, default: int) -> int:
         return default
 
 
-def decode_page(body: bytes, asked_page: int, asked_per_page: int) -> Page:
+def decode_page(body: bytes | bytearray, asked_page: int, asked_per_page: int) -> Page:
     """Decode one CDR list page; raises :class:`DecodeError` when it is not one."""
     doc = loads(body)
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):

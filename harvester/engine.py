@@ -32,7 +32,7 @@ from harvester.lake import Lake
 from harvester.plan import Shard, days, discover_accounts, shards_for
 from harvester.store import StagedTable, StorageError
 from harvester.verify import Verdict, table_sums, verify, verify_counts
-from harvester.workers import CHUNK_PAGES, DecodePool, sane_body
+from harvester.workers import DecodePool
 
 log = logging.getLogger("harvester.engine")
 T = TypeVar("T")
@@ -60,6 +60,7 @@ class RunStats:
     shards_planned: int = 0
     pages: int = 0
     fetched: int = 0  # records received in pages (before dedupe)
+    worker_pages: int = 0  # pages decoded by the decode workers
     records: int = 0  # records committed to the lake
     bytes: int = 0
     results: list[ShardResult] = field(default_factory=list)
@@ -308,7 +309,16 @@ class Harvester:
         return await self.client.get(path, params, decode, f"shard {shard.key} page {n}")
 
     async def page(self, shard: Shard, n: int, per_page: int) -> Page:
-        page = await self._get(shard, n, per_page, lambda body: decode_page(body, n, per_page))
+        if self.pool is not None and not self.pool.broken:
+            body = await self._get(shard, n, per_page, bytes)
+            try:
+                page = await self.pool.decode(body, n, per_page)
+                self.stats.worker_pages += 1
+            except DecodeError as e:  # fetched again, and decoded here with the client's retries
+                log.info("shard %s page %d: %s; fetching it again", shard.key, n, e)
+                page = await self._get(shard, n, per_page, lambda body: decode_page(body, n, per_page))
+        else:
+            page = await self._get(shard, n, per_page, lambda body: decode_page(body, n, per_page))
         self.stats.pages += 1
         self.stats.fetched += page.rows
         return page
@@ -320,14 +330,10 @@ class Harvester:
         streamed = False  # a shard too large to hold is fetched again as a stream, not walked
         for attempt in range(1, attempts + 1):
             got: pa.Table | Streamed
-            try:
-                if open_day or (attempt > 1 and not streamed):
-                    got, first, pages = await self._walk(shard)
-                else:
-                    got, first, pages = await self._fan_out(shard)
-            except DecodeError as e:  # a page the worker pool could not decode: walk it here
-                log.info("shard %s: %s; fetching it again page by page", shard.key, e)
+            if open_day or (attempt > 1 and not streamed):
                 got, first, pages = await self._walk(shard)
+            else:
+                got, first, pages = await self._fan_out(shard)
             if isinstance(got, Streamed):
                 verdict = verify_counts(got.rows, got.sums, first.total, first.summary)
             else:
@@ -349,8 +355,6 @@ class Harvester:
         per_page = first.per_page  # the server may grant fewer than asked
         got = Collector()
         got.add(first)
-        if self.pool is not None and first.pages > 2:
-            return await self._fan_out_pooled(shard, first, got)
         await self._pages_into(got, shard, range(2, first.pages + 1), per_page)
         return await self._assemble(got.table, shard), first, got.pages
 
@@ -421,39 +425,6 @@ class Harvester:
                         tg.create_task(fetch(n))
             except ExceptionGroup as eg:
                 raise _first_error(eg) from None
-
-    async def _fan_out_pooled(self, shard: Shard, first: Page, got: Collector) -> tuple[pa.Table, Page, int]:
-        """Pages 2..N fetched here, decoded in the worker pool in chunks as they arrive."""
-        assert self.pool is not None
-        pool, per_page = self.pool, first.per_page
-        pending: list[bytes] = []
-        decoding: list[asyncio.Future[pa.Table]] = []
-
-        def send() -> None:
-            chunk = pending[:]
-            pending.clear()
-            decoding.append(asyncio.ensure_future(pool.decode(chunk, per_page)))
-
-        async def fetch(n: int) -> None:
-            body = await self._get(shard, n, per_page, sane_body)
-            self.stats.pages += 1
-            pending.append(body)
-            if len(pending) >= CHUNK_PAGES:
-                send()
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for n in range(2, first.pages + 1):
-                    tg.create_task(fetch(n))
-        except ExceptionGroup as eg:
-            for f in decoding:
-                f.cancel()
-            raise _first_error(eg) from None
-        if pending:
-            send()
-        tables = [got.table(), *await asyncio.gather(*decoding)]
-        self.stats.fetched += sum(t.num_rows for t in tables[1:])
-        return await self._assemble(lambda: pa.concat_tables(tables), shard), first, first.pages
 
     async def _walk(self, shard: Shard) -> tuple[pa.Table, Page, int]:
         """Open day (or a retry): walk forward, then re-probe and catch up until whole."""

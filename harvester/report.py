@@ -64,6 +64,7 @@ def build(
         "records_per_s": round(stats.records / elapsed, 1),
         "requests_per_s": round(client.requests / elapsed, 2),
         "rate": rate,
+        "decode_workers": {"processes": cfg.decode_workers, "pages": stats.worker_pages},
         "unverified": [
             {"shard": r.shard.key, "detail": r.detail} for r in stats.results if r.status == "unverified"
         ],

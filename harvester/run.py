@@ -79,7 +79,7 @@ async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | Non
         if deadline:
             deadline.cancel()
         if pool is not None:
-            pool.close()
+            await pool.close()
         for sig in handled:
             loop.remove_signal_handler(sig)
     code = error.exit_code if error is not None else report.exit_code(harvester.stats, cfg.allow_unverified)

@@ -149,6 +149,7 @@ BAD_INPUT = [
     (["--concurrency", "many"], "--concurrency"),
     (["--stream-rows", "5"], "--stream-rows"),
     (["--decode-workers", "99"], "--decode-workers"),
+    (["--decode-workers", "lots"], "--decode-workers"),
     (["--rate", "fast"], "--rate"),
     (["--rate", "-3"], "--rate"),
     (["--scope", "planet"], "--scope"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from harvester.decode import Collector
 from harvester.schema import SCHEMA
 from harvester.sim import SimConfig
 from harvester.store import StagedTable, StorageError
+from harvester.workers import auto_workers
 from tests.conftest import (
     PAST,
     all_records,
@@ -320,3 +323,51 @@ async def test_a_page_the_worker_cannot_decode_is_fetched_again(start_sim, tmp_p
     rep = await run_harvest(sim, tmp_path / "lake", decode_workers=1)
     assert rep["exit_code"] == 0 and broken["left"] == 0
     assert_lake_equals(tmp_path / "lake", all_records(sim))
+
+
+def _children() -> list[int]:
+    """Processes this one started (the decode workers, when a harvest runs in-process)."""
+    me, kids = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                kids.append(int(entry.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc")
+async def test_a_decode_worker_that_dies_costs_nothing(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=900)))
+    original = sim._page
+    killed: list[int] = []
+
+    def page(request, auth_ids, envelope, pair):  # the workers die while pages are in flight
+        if request.query.get("page") == "4" and not killed:
+            killed.extend(_children())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+        return original(request, auth_ids, envelope, pair)
+
+    sim._page = page
+    rep = await run_harvest(sim, tmp_path / "lake", decode_workers=2)
+    assert len(killed) == 2, killed
+    assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 4
+    assert 0 < rep["decode_workers"]["pages"] < rep["pages"]  # the rest were decoded on the loop
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
+    assert _children() == []  # reaped
+
+
+async def test_the_default_cli_harvest_decodes_in_workers(start_sim, tmp_path: Path) -> None:
+    """By default (``--decode-workers auto``: 1 on two cores) every page is decoded by a worker."""
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=450)))
+    out = tmp_path / "lake"
+    code, stdout, err = await cli(*sim_args(sim, out), "--json", env=sim_env(sim))
+    assert code == 0, err
+    rep = orjson.loads(stdout)
+    assert rep["decode_workers"]["processes"] == auto_workers()
+    assert rep["decode_workers"]["pages"] == (rep["pages"] if auto_workers() else 0)
+    assert_lake_equals(out, all_records(sim))
