@@ -3,6 +3,7 @@
     python -m benchmarks                      # loopback, latency, limit scenarios
     python -m benchmarks --scenario memory    # 1M records, peak RSS
     python -m benchmarks --scenario bigshard  # two shards of 327k records, streamed to their files
+    python -m benchmarks --scenario workers   # loopback with 0, 1 and 2 decode workers
     python -m benchmarks --scenario loopback --runs 5
 
 The simulator runs in its own process (its CPU is measured separately, to show it is not
@@ -77,6 +78,7 @@ SCENARIOS = {
         sim_extra=["--cache-records", "700000", "--page-cache-mb", "2048"],
     ),
     "progress": Scenario("progress", 20, 7, 950, ["harvester", "harvester+progress"], runs=5),
+    "workers": Scenario("workers", 20, 7, 950, ["harvester/w0", "harvester/w1", "harvester/w2"], runs=5),
     "s3": Scenario("s3", 20, 7, 950, ["harvester", "harvester>s3"], runs=3),
 }
 
@@ -98,6 +100,31 @@ def _vm_hwm_kb(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree_pss_kb(pid: int) -> int:
+    """Memory of a client and its decode workers now: the sum of their proportional set sizes
+    (pages shared since the fork counted once, split between the sharers)."""
+    return sum(_pss_kb(p) for p in [pid, *_children(pid)])
 
 
 class Sim:
@@ -198,6 +225,8 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) 
         ]
         if "+progress" in kind:
             cmd.append("--progress")
+        if "/w" in kind:  # harvester/wN: N decode workers
+            cmd += ["--decode-workers", kind.split("/w", 1)[1].split("@")[0]]
         if ">s3" in kind and s3 is not None:
             cmd += ["--out", f"s3://bench/{out.name}", "--s3-endpoint-url", s3.url]
     env = {"VOBIZ_AUTH_ID": "PA_SIMULATOR", "VOBIZ_AUTH_TOKEN": TOKEN}
@@ -206,12 +235,17 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) 
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, **env}
     )
-    peak_kb = 0
-    while True:  # VmHWM is the child's own high-water mark (ru_maxrss would include our pre-exec RSS)
+    # Peak memory: the client's own high-water mark (VmHWM; ru_maxrss would include our
+    # pre-exec RSS), or, with decode workers, the largest sampled sum over the process tree.
+    peak_kb, tick = 0, 0
+    while True:
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+        if tick % 5 == 0 and _children(proc.pid):  # every 0.1 s: smaps_rollup is not free
+            peak_kb = max(peak_kb, _tree_pss_kb(proc.pid))
+        tick += 1
         time.sleep(0.02)
     wall = time.perf_counter() - t0
     stdout = proc.stdout.read() if proc.stdout else b""
@@ -220,7 +254,7 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) 
     if code != 0:
         raise RuntimeError(f"{kind} exited {code}: {stderr.decode()[-3000:]}")
     rep = json.loads(stdout.decode().strip().splitlines()[-1])
-    cpu = ru.ru_utime + ru.ru_stime
+    cpu = ru.ru_utime + ru.ru_stime  # wait4 counts the client's reaped children: decode workers too
     res = {
         "client": kind,
         "records": rep["records"],
@@ -287,7 +321,7 @@ def run_scenario(sc: Scenario, runs: int | None) -> dict[str, Any]:
         shutil.rmtree(warm)
         for i in range(runs):
             for kind in sc.clients if i % 2 == 0 else list(reversed(sc.clients)):
-                out = tmp / f"{kind.replace('@', '-').replace('+', '-')}-{i}"
+                out = tmp / f"{kind.replace('@', '-').replace('+', '-').replace('/', '-')}-{i}"
                 res = _client(kind, sim, sc, out, s3)
                 _check(out, expected, s3 if ">s3" in kind else None)
                 shutil.rmtree(out, ignore_errors=True)

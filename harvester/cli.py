@@ -134,8 +134,8 @@ def _harvest_parser(sub: Any) -> None:
         "--decode-workers",
         default="auto",
         metavar="N",
-        help="processes that decode pages beside the event loop: 'auto' (default: one fewer than "
-        "the cores, at most 3; 0 on one core or without fork) or 0 to decode on the loop",
+        help="processes that decode pages beside the event loop: 'auto' (default: one per core, "
+        "at most 3; 0 on one core or without fork) or 0 to decode on the loop",
     )
     t.add_argument(
         "--stream-rows",

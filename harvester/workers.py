@@ -40,11 +40,13 @@ _RAW_SCHEMA = pa.schema([pa.field("r", RAW)])
 
 
 def auto_workers() -> int:
-    """Decode workers for this machine: one fewer than the cores (the event loop and the file
-    writes keep one busy), at most 3 (one loop feeds about three); none where there is no fork."""
-    if not hasattr(os, "fork") or sys.platform != "linux":
+    """Decode workers for this machine: one per core, at most 3 (the event loop feeds about
+    three), none on one core or where there is no fork. On two cores, two workers measured 21%
+    faster than one for 8% more CPU: a worker decodes slower than the loop fetches."""
+    cores = os.cpu_count() or 1
+    if not hasattr(os, "fork") or sys.platform != "linux" or cores < 2:
         return 0
-    return max(0, min(3, (os.cpu_count() or 1) - 1))
+    return min(3, cores)
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytearray | None:

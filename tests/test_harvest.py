@@ -362,7 +362,7 @@ async def test_a_decode_worker_that_dies_costs_nothing(start_sim, tmp_path: Path
 
 
 async def test_the_default_cli_harvest_decodes_in_workers(start_sim, tmp_path: Path) -> None:
-    """By default (``--decode-workers auto``: 1 on two cores) every page is decoded by a worker."""
+    """By default (``--decode-workers auto``: 2 on two cores) every page is decoded by a worker."""
     sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=450)))
     out = tmp_path / "lake"
     code, stdout, err = await cli(*sim_args(sim, out), "--json", env=sim_env(sim))
