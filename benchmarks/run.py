@@ -79,7 +79,7 @@ SCENARIOS = {
     ),
     "progress": Scenario("progress", 20, 7, 950, ["harvester", "harvester+progress"], runs=5),
     "workers": Scenario("workers", 20, 7, 950, ["harvester/w0", "harvester/w1", "harvester/w2"], runs=5),
-    "s3": Scenario("s3", 20, 7, 950, ["harvester", "harvester>s3"], runs=3),
+    "s3": Scenario("s3", 20, 7, 950, ["harvester", "harvester>s3", "harvester/w0>s3"], runs=3),
 }
 
 
@@ -225,8 +225,9 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) 
         ]
         if "+progress" in kind:
             cmd.append("--progress")
-        if "/w" in kind:  # harvester/wN: N decode workers
-            cmd += ["--decode-workers", kind.split("/w", 1)[1].split("@")[0]]
+        workers = re.search(r"/w(\d+)", kind)  # harvester/wN: N decode workers
+        if workers:
+            cmd += ["--decode-workers", workers.group(1)]
         if ">s3" in kind and s3 is not None:
             cmd += ["--out", f"s3://bench/{out.name}", "--s3-endpoint-url", s3.url]
     env = {"VOBIZ_AUTH_ID": "PA_SIMULATOR", "VOBIZ_AUTH_TOKEN": TOKEN}
@@ -316,7 +317,8 @@ def run_scenario(sc: Scenario, runs: int | None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="vobiz-bench-"))
     try:
         warm = tmp / "warm"
-        warm_kind = next(k for k in sc.clients if k.startswith("harvester")).split(">")[0].split("+")[0]
+        first = next(k for k in sc.clients if k.startswith("harvester"))
+        warm_kind = re.split(r"[>+/]", first)[0]
         _client(warm_kind, sim, sc, warm)  # the simulator renders and caches its pages
         shutil.rmtree(warm)
         for i in range(runs):

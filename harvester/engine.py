@@ -36,7 +36,6 @@ from harvester.workers import DecodePool
 
 log = logging.getLogger("harvester.engine")
 T = TypeVar("T")
-IO_THREADS = 2  # see Harvester.__init__
 
 
 @dataclass
@@ -127,9 +126,11 @@ class Harvester:
         self._streams = asyncio.Semaphore(2)  # shards streaming to their files at once
         self._prior: dict[Any, dict[str, Any]] = {}  # the manifest as it was when the run planned
         self.end_offset = 0  # 1 when the server treats end_date as exclusive (see day_window)
-        # Shard assembly and file writes run here, off the event loop. Two threads keep both
-        # cores busy; each more only adds GIL hand-offs (measured: more CPU, no more speed).
-        self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="shard-io")
+        # Shard assembly and file writes run here, off the event loop. On a local disk two
+        # threads keep both cores busy and each more only adds GIL hand-offs (measured: more
+        # CPU, no more speed); an object store's uploads wait on the network, so more at once.
+        threads = 2 if lake.store.local else 6
+        self._io = ThreadPoolExecutor(threads, thread_name_prefix="shard-io")
 
     # -- planning ------------------------------------------------------------------------
     async def accounts(self) -> list[str | None]:

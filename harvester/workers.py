@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import signal
 import socket
@@ -34,6 +35,7 @@ import pyarrow as pa
 from harvester.decode import RAW, DecodeError, Page, Part, decode_page
 from harvester.schema import SCHEMA
 
+log = logging.getLogger("harvester.workers")
 _REQUEST = struct.Struct("<QIIQ")
 _RESPONSE = struct.Struct("<QBII")
 _RAW_SCHEMA = pa.schema([pa.field("r", RAW)])
@@ -141,8 +143,12 @@ class DecodePool:
         self._connected: asyncio.Future[None] | None = None
         self.broken = False
         for _ in range(workers):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            pid = os.fork()
+            try:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                pid = os.fork()
+            except OSError as e:  # out of processes or memory: decode on the loop instead
+                log.warning("cannot start a decode worker (%s); decoding on the event loop", e)
+                break
             if pid == 0:  # the worker
                 code = 0
                 try:
@@ -157,6 +163,7 @@ class DecodePool:
                     os._exit(code)
             theirs.close()
             self._workers.append(_Worker(pid, ours))
+        self.broken = not self._workers
 
     async def _connect(self) -> None:
         """Attach every worker's socket to the running loop (once, on first use)."""
