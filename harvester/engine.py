@@ -311,7 +311,7 @@ class Harvester:
 
     async def page(self, shard: Shard, n: int, per_page: int) -> Page:
         if self.pool is not None and not self.pool.broken:
-            body = await self._get(shard, n, per_page, bytes)
+            body = await self._get(shard, n, per_page, lambda body: body)
             try:
                 page = await self.pool.decode(body, n, per_page)
                 self.stats.worker_pages += 1
