@@ -91,15 +91,20 @@ def _proc_cpu(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / ticks
 
 
-def _vm_hwm_kb(pid: int) -> int:
+def _proc_kb(pid: int, name: str, key: str) -> int:
+    """A ``key: N kB`` line of ``/proc/<pid>/<name>`` (0 when the process is gone)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/{name}") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    return _proc_kb(pid, "status", "VmHWM:")
 
 
 def _children(pid: int) -> list[int]:
@@ -110,21 +115,10 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _pss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def _tree_pss_kb(pid: int) -> int:
     """Memory of a client and its decode workers now: the sum of their proportional set sizes
     (pages shared since the fork counted once, split between the sharers)."""
-    return sum(_pss_kb(p) for p in [pid, *_children(pid)])
+    return sum(_proc_kb(p, "smaps_rollup", "Pss:") for p in [pid, *_children(pid)])
 
 
 class Sim:

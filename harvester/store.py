@@ -126,8 +126,9 @@ class LocalStore:
             except FileNotFoundError:  # the day's directory, made on its first file
                 final.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(tmp, flags, 0o644)
+            view = memoryview(data)
+            size = len(view)
             try:
-                view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
@@ -138,7 +139,7 @@ class LocalStore:
                 tmp.unlink()
             raise _cannot_write(final, e) from None
         self._rename(tmp, final)
-        return len(memoryview(data))
+        return size
 
     def _publish(self, tmp: Path, final: Path) -> Path:
         """fsync the temporary file, rename it into place, fsync the directory."""
