@@ -203,7 +203,11 @@ class DecodePool:
             raise DecodeError("decode workers unavailable")
         if self._connected is None:
             self._connected = asyncio.ensure_future(self._connect())
-        await self._connected
+        try:
+            await asyncio.shield(self._connected)
+        except OSError as e:
+            self.broken = True
+            raise DecodeError(f"decode workers unreachable ({e})") from None
         w = min(self._workers, key=lambda x: len(x.pending))
         assert w.writer is not None
         self._next_id += 1
