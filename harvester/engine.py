@@ -386,7 +386,7 @@ class Harvester:
                 upto = min(first.pages, window if n == 2 else n + window - 1)  # page 1 is in the first
                 await self._pages_into(got, shard, range(n, upto + 1), per_page)
                 pages += upto + 1 - n
-                table = got.table()
+                table = await self._off_loop(got.table)  # the cast runs without the GIL
                 if writing is not None:
                     await writing
                 if table.num_rows:
