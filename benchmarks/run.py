@@ -354,7 +354,8 @@ def _median(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out = dict(rows[0])
     for key, value in rows[0].items():
         if isinstance(value, (int, float)):
-            out[key] = statistics.median(r[key] for r in rows)
+            med = statistics.median(r[key] for r in rows)
+            out[key] = round(med) if isinstance(value, int) else med  # counts stay counts
     return out
 
 
