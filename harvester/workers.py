@@ -191,11 +191,14 @@ class DecodePool:
                     fut.set_exception(DecodeError(meta.get("error", "decode worker failed")))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
-        self.broken = True  # a worker died (or the pool closed): fail what it had, use no more
-        for fut in w.pending.values():
-            if not fut.done():
-                fut.set_exception(DecodeError("decode worker exited"))
-        w.pending.clear()
+        except Exception as e:  # an answer out of step with the protocol: stop trusting the workers
+            log.warning("decode worker answer unreadable (%s); decoding on the event loop", e)
+        finally:  # a worker died, the pool closed, or anything else: fail what it had, use no more
+            self.broken = True
+            for fut in w.pending.values():
+                if not fut.done():
+                    fut.set_exception(DecodeError("decode worker exited"))
+            w.pending.clear()
 
     async def decode(self, body: bytes, asked_page: int, per_page: int) -> Page:
         """A page body decoded by the least busy worker; raises :class:`DecodeError`."""

@@ -12,7 +12,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from harvester import engine
+from harvester import engine, workers
 from harvester.decode import Collector
 from harvester.schema import SCHEMA
 from harvester.sim import SimConfig
@@ -371,3 +371,22 @@ async def test_the_default_cli_harvest_decodes_in_workers(start_sim, tmp_path: P
     assert rep["decode_workers"]["processes"] == auto_workers()
     assert rep["decode_workers"]["pages"] == (rep["pages"] if auto_workers() else 0)
     assert_lake_equals(out, all_records(sim))
+
+
+async def test_a_worker_answer_out_of_step_turns_the_workers_off(
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer the loop cannot read (here: meta that is not JSON) fails that worker's pages,
+    which are fetched again and decoded on the loop; nothing hangs and the lake is exact."""
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=700)))
+    answer = workers._answer
+
+    def garbled(asked_page: int, per_page: int, body: Any) -> tuple[bool, bytes, bytes]:
+        ok, meta, arrow = answer(asked_page, per_page, body)
+        return (ok, b"not json", arrow) if asked_page == 3 else (ok, meta, arrow)
+
+    monkeypatch.setattr(workers, "_answer", garbled)  # the forked workers inherit it
+    rep = await run_harvest(sim, tmp_path / "lake", decode_workers=1)
+    assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 4
+    assert rep["decode_workers"]["pages"] < rep["pages"]
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
