@@ -18,7 +18,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -119,51 +119,38 @@ class LocalStore:
     def _put(self, key: str, data: bytes | pa.Buffer) -> int:
         """Write ``data`` to a temporary file in one call, fsync it, rename it into place."""
         final, tmp = self._tmp(key)
-        try:
+        view = memoryview(data)
+        size = len(view)
+        with _or_cannot_write(tmp, final):
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
             try:
                 fd = os.open(tmp, flags, 0o644)
             except FileNotFoundError:  # the day's directory, made on its first file
                 final.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(tmp, flags, 0o644)
-            view = memoryview(data)
-            size = len(view)
             try:
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise _cannot_write(final, e) from None
         self._rename(tmp, final)
         return size
 
     def _publish(self, tmp: Path, final: Path) -> Path:
         """fsync the temporary file, rename it into place, fsync the directory."""
-        try:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise _cannot_write(final, e) from None
+        with _or_cannot_write(tmp, final), open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         self._rename(tmp, final)
         return final
 
     def _rename(self, tmp: Path, final: Path) -> None:
         """Rename an fsynced temporary file into place, then fsync the directory."""
-        try:
+        with _or_cannot_write(tmp, final):
             crash_point("before-rename")
             os.replace(tmp, final)
             _fsync_dir(final.parent)
             crash_point("after-rename")
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise _cannot_write(final, e) from None
 
     def stage_table(self, key: str, schema: pa.Schema, **options: Any) -> StagedTable:
         """A Parquet file written a row group at a time, that appears whole on ``publish``."""
@@ -237,6 +224,17 @@ def parquet_bytes(table: pa.Table, **options: Any) -> pa.Buffer:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, **options)
     return sink.getvalue()
+
+
+@contextlib.contextmanager
+def _or_cannot_write(tmp: Path, final: Path) -> Iterator[None]:
+    """On an OSError: remove the temporary file, and fail naming the final one."""
+    try:
+        yield
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _cannot_write(final, e) from None
 
 
 def _cannot_write(final: Path, e: OSError) -> LakeError:
