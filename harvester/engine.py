@@ -310,6 +310,7 @@ class Harvester:
         return await self.client.get(path, params, decode, f"shard {shard.key} page {n}")
 
     async def page(self, shard: Shard, n: int, per_page: int) -> Page:
+        page: Page | None = None
         if self.pool is not None and not self.pool.broken:
             body = await self._get(shard, n, per_page, lambda body: body)
             try:
@@ -317,8 +318,7 @@ class Harvester:
                 self.stats.worker_pages += 1
             except DecodeError as e:  # fetched again, and decoded here with the client's retries
                 log.info("shard %s page %d: %s; fetching it again", shard.key, n, e)
-                page = await self._get(shard, n, per_page, lambda body: decode_page(body, n, per_page))
-        else:
+        if page is None:
             page = await self._get(shard, n, per_page, lambda body: decode_page(body, n, per_page))
         self.stats.pages += 1
         self.stats.fetched += page.rows
