@@ -11,6 +11,10 @@ the bottleneck). Each client runs as a subprocess so its CPU seconds and peak RS
 the kernel (``wait4``). Clients alternate, the median of ``--runs`` is reported, and every
 result is checked against the simulator's own records: a fast wrong answer fails the run.
 Results go to ``benchmarks/results/<scenario>.json`` and ``benchmarks/results/latest.md``.
+
+``loopback`` also runs ``floor`` (:mod:`benchmarks.floor`): the harvester's own HTTP, decode
+and Parquet path with none of its bookkeeping, the CPU per record this machine charges for
+those parts alone.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ class Scenario:
 
 
 SCENARIOS = {
-    "loopback": Scenario("loopback", 20, 7, 950, ["harvester", "naive"]),
+    "loopback": Scenario("loopback", 20, 7, 950, ["harvester", "naive", "floor"]),
     "latency": Scenario("latency", 5, 7, 950, ["harvester", "naive"], latency_ms=50),
     "limit": Scenario("limit", 4, 15, 1000, ["harvester@20", "harvester@auto"], rate_limit=20, runs=1),
     "memory": Scenario(
@@ -183,11 +187,11 @@ class S3:
 
 def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) -> dict[str, Any]:
     start = (END - dt.timedelta(days=sc.days - 1)).isoformat()
-    if kind == "naive":
+    if kind in ("naive", "floor"):
         cmd = [
             sys.executable,
             "-m",
-            "benchmarks.naive",
+            f"benchmarks.{kind}",
             sim.url,
             "PA_SIMULATOR",
             TOKEN,
