@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from harvester.assemble import dedupe, order
 from harvester.client import Client
 from harvester.config import HarvestConfig
 from harvester.decode import Collector, DecodeError, Page, decode_page
@@ -32,7 +32,7 @@ from harvester.lake import Lake
 from harvester.plan import Shard, days, discover_accounts, shards_for
 from harvester.store import StagedTable, StorageError
 from harvester.verify import Verdict, table_sums, verify, verify_counts
-from harvester.workers import DecodePool
+from harvester.workers import DecodePool, Encoded, ShardJob
 
 log = logging.getLogger("harvester.engine")
 T = TypeVar("T")
@@ -81,32 +81,6 @@ class Streamed:
     staged: StagedTable
     rows: int  # distinct uuids, which are the rows written (a stream with repeats is redone)
     sums: dict[str, float]
-
-
-def dedupe(table: pa.Table) -> pa.Table:
-    """One row per uuid, keeping the greatest ``updated_at`` (order-independent)."""
-    if table.num_rows < 2 or pc.count_distinct(table.column("uuid")).as_py() == table.num_rows:
-        return table
-    t = table.sort_by([("uuid", "ascending"), ("updated_at", "descending")])
-    u = t.column("uuid").combine_chunks()
-    differs = pc.fill_null(pc.not_equal(u[1:], u[:-1]), True)
-    keep = pa.concat_arrays([pa.array([True]), differs])
-    return t.filter(keep)
-
-
-def order(table: pa.Table, by_account: bool = False) -> pa.Table:
-    """A file's row order: newest first, as the API pages a day (ties by uuid); grouped by
-    account first in a file of many accounts (the global feed). Pages joined in page order
-    already are newest first, and then nothing is copied."""
-    keys = [("start_time", "descending"), ("uuid", "ascending")]
-    if by_account:
-        return table.sort_by([("account_id", "ascending"), *keys])
-    start = table.column("start_time")
-    if table.num_rows < 2 or (
-        start.null_count == 0 and pc.all(pc.greater_equal(start[:-1], start[1:])).as_py()
-    ):
-        return table
-    return table.sort_by(keys)
 
 
 class Harvester:
@@ -258,7 +232,7 @@ class Harvester:
             log.info("shard %s changed since it was committed: re-harvesting", shard.key)
         action = "reharvested" if prior is not None else "harvested"
         got, first, verdict, pages, attempts = await self.fetch(shard)
-        rows = got.rows if isinstance(got, Streamed) else got.num_rows
+        rows = got.rows if isinstance(got, (Streamed, Encoded)) else got.num_rows
         verified = verdict.ok(self.cfg.strict_sums)
         record = {
             "shard": shard.key,
@@ -280,7 +254,12 @@ class Harvester:
         }
 
         def store() -> int:  # the file, then the manifest that commits it
-            nbytes = got.staged.publish() if isinstance(got, Streamed) else self.lake.write_shard(shard, got)
+            if isinstance(got, Streamed):
+                nbytes = got.staged.publish()
+            elif isinstance(got, Encoded):
+                nbytes = self.lake.write_shard_file(shard, got.data)
+            else:
+                nbytes = self.lake.write_shard(shard, got)
             self.lake.commit(shard, {**record, "bytes": nbytes})
             return nbytes
 
@@ -324,18 +303,18 @@ class Harvester:
         self.stats.fetched += page.rows
         return page
 
-    async def fetch(self, shard: Shard) -> tuple[pa.Table | Streamed, Page, Verdict, int, int]:
+    async def fetch(self, shard: Shard) -> tuple[pa.Table | Streamed | Encoded, Page, Verdict, int, int]:
         """Fetch a whole shard, re-fetching until it verifies or attempts run out."""
         open_day = shard.day >= self.cfg.today
         attempts = max(1, self.cfg.verify_attempts)
         streamed = False  # a shard too large to hold is fetched again as a stream, not walked
         for attempt in range(1, attempts + 1):
-            got: pa.Table | Streamed
+            got: pa.Table | Streamed | Encoded
             if open_day or (attempt > 1 and not streamed):
                 got, first, pages = await self._walk(shard)
             else:
                 got, first, pages = await self._fan_out(shard)
-            if isinstance(got, Streamed):
+            if isinstance(got, (Streamed, Encoded)):
                 verdict = verify_counts(got.rows, got.sums, first.total, first.summary)
             else:
                 verdict = verify(got, first.total, first.summary)
@@ -348,9 +327,17 @@ class Harvester:
             await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
         raise AssertionError("unreachable")
 
-    async def _fan_out(self, shard: Shard) -> tuple[pa.Table | Streamed, Page, int]:
+    async def _fan_out(self, shard: Shard) -> tuple[pa.Table | Streamed | Encoded, Page, int]:
         """Closed day: probe page 1, then every other page at once."""
-        first = await self.page(shard, 1, self.cfg.per_page)
+        first: Page | None = None
+        if self.pool is not None and not self.pool.broken:
+            kept = await self._fan_out_kept(shard, self.pool.shard_job())
+            if isinstance(kept, Page):
+                first = kept  # too large to hold: streamed, starting from this page 1
+            elif kept is not None:
+                return kept
+        if first is None:
+            first = await self.page(shard, 1, self.cfg.per_page)
         if first.total > self.cfg.stream_rows:  # too large to hold: written as it arrives
             return await self._stream(shard, first)
         per_page = first.per_page  # the server may grant fewer than asked
@@ -358,6 +345,53 @@ class Harvester:
         got.add(first)
         await self._pages_into(got, shard, range(2, first.pages + 1), per_page)
         return await self._assemble(got.table, shard), first, got.pages
+
+    async def _fan_out_kept(self, shard: Shard, job: ShardJob) -> tuple[Encoded, Page, int] | Page | None:
+        """A closed day whose pages one decode worker keeps, joins and encodes: the loop only
+        fetches. Page 1 decoded, when the shard is too large to hold (the caller streams it);
+        None when a page or a worker fails (the caller fetches the shard page by page)."""
+        try:
+            body = await self._get(shard, 1, self.cfg.per_page, lambda body: body)
+            first = await self._keep(job, body, 1, self.cfg.per_page)
+            if first.total > self.cfg.stream_rows:
+                return await self._decode_fetched(body, 1, self.cfg.per_page)
+            numbers = range(2, first.pages + 1)
+            if numbers:
+
+                async def keep(n: int) -> None:
+                    body = await self._get(shard, n, first.per_page, lambda b: b)
+                    await self._keep(job, body, n, first.per_page)
+
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        for n in numbers:
+                            tg.create_task(keep(n))
+                except ExceptionGroup as eg:
+                    raise _first_error(eg) from None
+            encoded = await job.finish(by_account=shard.scope == "global")
+        except DecodeError as e:
+            log.info("shard %s: %s; fetching it again page by page", shard.key, e)
+            return None
+        finally:
+            job.close()
+        return encoded, first, 1 + len(numbers)
+
+    async def _keep(self, job: ShardJob, body: bytes, n: int, per_page: int) -> Page:
+        """Hand page ``n``'s body to the job's worker; its numbers come back."""
+        page = await job.keep(body, n, per_page)
+        self.stats.pages += 1
+        self.stats.worker_pages += 1
+        self.stats.fetched += page.rows
+        return page
+
+    async def _decode_fetched(self, body: bytes, n: int, per_page: int) -> Page:
+        """A page body already fetched, decoded by a worker or else here."""
+        if self.pool is not None and not self.pool.broken:
+            try:
+                return await self.pool.decode(body, n, per_page)
+            except DecodeError:
+                pass
+        return decode_page(body, n, per_page)
 
     async def _stream(self, shard: Shard, first: Page) -> tuple[pa.Table | Streamed, Page, int]:
         """A closed day too large to hold: its pages fetched a window at a time, each window

@@ -199,6 +199,15 @@ class Lake:
             return 0
         return int(self.store.write_table(key, table, **WRITE_OPTIONS))
 
+    def write_shard_file(self, shard: Shard, data: bytes) -> int:
+        """Write a shard's file encoded elsewhere (a decode worker), so it appears whole; an
+        empty shard (no bytes) has no file. Returns bytes."""
+        key = self.file_key(shard)
+        if not data:
+            self.store.delete(key)
+            return 0
+        return int(self.store.write_file(key, data))
+
     def stage_shard(self, shard: Shard) -> StagedTable:
         """A shard's file written a row group at a time, appearing whole on ``publish``."""
         options = {k: v for k, v in WRITE_OPTIONS.items() if k != "row_group_size"}

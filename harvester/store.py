@@ -183,7 +183,11 @@ class LocalStore:
         self._put(key, data)
 
     def write_table(self, key: str, table: pa.Table, **options: Any) -> int:
-        return self._put(key, parquet_bytes(table, **options))
+        return self.write_file(key, parquet_bytes(table, **options))
+
+    def write_file(self, key: str, data: bytes | pa.Buffer) -> int:
+        """A file already encoded (e.g. by a decode worker), written so it appears whole."""
+        return self._put(key, data)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -331,7 +335,10 @@ class ObjectStore:
         self._retry(f"write {key} to", op)
 
     def write_table(self, key: str, table: pa.Table, **options: Any) -> int:
-        data = parquet_bytes(table, **options)  # encoded once, whatever the retries
+        return self.write_file(key, parquet_bytes(table, **options))  # encoded once, whatever the retries
+
+    def write_file(self, key: str, data: bytes | pa.Buffer) -> int:
+        """An encoded file uploaded so it appears whole (retried)."""
 
         def op() -> int:
             sink = self.fs.open_output_stream(self._full(key))

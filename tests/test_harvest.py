@@ -73,13 +73,15 @@ async def test_partner_harvest_is_exact(start_sim, tmp_path: Path) -> None:
     assert big == 26
 
 
+@pytest.mark.parametrize("workers", [0, 1])  # 1: the other shards are kept by a decode worker
 async def test_a_large_shard_is_streamed_to_its_file_row_group_by_row_group(
-    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     monkeypatch.setattr(Collector, "CHUNK", 300)  # windows of 3 pages of 100
     sim = await start_sim(SimConfig(dataset=_sized_dataset()))
     lake = tmp_path / "lake"
-    rep = await run_harvest(sim, lake, stream_rows=500)  # only the 2,600-record shard streams
+    # only the 2,600-record shard streams
+    rep = await run_harvest(sim, lake, stream_rows=500, decode_workers=workers)
     assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 6, rep
     ids = [c.auth_id for c in sim.data.customer_list]
     assert_lake_equals(lake, sim.data.records(ids, sim.data.day_list))
@@ -190,9 +192,10 @@ async def test_second_run_adds_no_duplicates(start_sim, tmp_path: Path) -> None:
     assert_lake_equals(out, sim.data.records(ids, sim.data.day_list))
 
 
-async def test_global_scope_sorted_by_account(start_sim, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1])  # 1: the decode worker orders the file
+async def test_global_scope_sorted_by_account(start_sim, tmp_path: Path, workers: int) -> None:
     sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=120)))
-    rep = await run_harvest(sim, tmp_path / "lake", scope="global")
+    rep = await run_harvest(sim, tmp_path / "lake", scope="global", decode_workers=workers)
     assert rep["exit_code"] == 0 and rep["shards"]["planned"] == 2
     assert_lake_equals(tmp_path / "lake", all_records(sim))
     files = list((tmp_path / "lake").rglob("*.parquet"))
@@ -307,6 +310,23 @@ async def test_decode_workers_give_the_same_lake(start_sim, tmp_path: Path) -> N
     assert_lake_equals(tmp_path / "lake", all_records(sim))
 
 
+async def test_decode_workers_keep_whole_shards(
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closed day's pages stay in the worker that decodes them, which joins and encodes the
+    shard: no records are sent back to the loop (that answer is made to crash the worker)."""
+
+    def records_back(page: Any) -> Any:
+        raise AssertionError("records sent back to the loop")
+
+    monkeypatch.setattr(workers, "_decoded", records_back)  # the forked workers inherit it
+    sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=700)))
+    rep = await run_harvest(sim, tmp_path / "lake", decode_workers=2)
+    assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 6
+    assert rep["decode_workers"] == {"processes": 2, "pages": rep["pages"]}
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
+
+
 async def test_a_page_the_worker_cannot_decode_is_fetched_again(start_sim, tmp_path: Path) -> None:
     sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, calls_per_day=900)))
     original = sim._page
@@ -374,19 +394,20 @@ async def test_the_default_cli_harvest_decodes_in_workers(start_sim, tmp_path: P
 
 
 async def test_a_worker_answer_out_of_step_turns_the_workers_off(
-    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An answer the loop cannot read (here: meta that is not JSON) fails that worker's pages,
     which are fetched again and decoded on the loop; nothing hangs and the lake is exact."""
     sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=700)))
     answer = workers._answer
 
-    def garbled(asked_page: int, per_page: int, body: Any) -> tuple[bool, bytes, bytes]:
-        ok, meta, arrow = answer(asked_page, per_page, body)
-        return (ok, b"not json", arrow) if asked_page == 3 else (ok, meta, arrow)
+    def garbled(jobs: Any, op: int, job: int, asked_page: int, per_page: int, body: Any) -> Any:
+        ok, meta, payload = answer(jobs, op, job, asked_page, per_page, body)
+        return (ok, b"not json", payload) if asked_page == 3 else (ok, meta, payload)
 
     monkeypatch.setattr(workers, "_answer", garbled)  # the forked workers inherit it
     rep = await run_harvest(sim, tmp_path / "lake", decode_workers=1)
+    assert "answer unreadable" in caplog.text  # the garbled answer, not a worker that crashed
     assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 4
     assert rep["decode_workers"]["pages"] < rep["pages"]
     assert_lake_equals(tmp_path / "lake", all_records(sim))
