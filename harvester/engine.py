@@ -260,7 +260,9 @@ class Harvester:
                 nbytes = self.lake.write_shard_file(shard, got.data)
             else:
                 nbytes = self.lake.write_shard(shard, got)
-            self.lake.commit(shard, {**record, "bytes": nbytes})
+            # A first record may wait for the lake's next checkpoint; one that replaces
+            # another must not be lost (the old one would then describe the new file).
+            self.lake.commit(shard, {**record, "bytes": nbytes}, durable=prior is not None)
             return nbytes
 
         nbytes = await self._off_loop(store)

@@ -192,6 +192,80 @@ async def test_kill9_mid_shard_then_resume(start_sim, tmp_path: Path) -> None:
     assert not (out / "_lock").exists()
 
 
+# -- durability: what reaches the disk, in which order --------------------------------------
+def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the path of every file or directory fsynced from now on (through /proc)."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fsynced files through /proc")
+@pytest.mark.parametrize("syncfs", [True, False])  # False: a system without syncfs(2)
+async def test_first_records_are_made_durable_at_the_checkpoint(
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
+) -> None:
+    """Every data file is fsynced (with its directory) before its record is written; a first
+    record skips its own fsyncs and is made durable at the lake's checkpoint (syncfs, or an
+    fsync per record), before the lock goes; a record that replaces one is fsynced at once."""
+    from harvester import store
+
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=150, end_date=PAST)))
+    out = tmp_path / "lake"
+    events: list[str] = []
+    real_syncfs = store._syncfs
+
+    def recorded_syncfs(path: Path) -> bool:
+        events.append(f"syncfs, lock {'held' if (out / '_lock').exists() else 'gone'}")
+        return real_syncfs(path) if syncfs else False
+
+    monkeypatch.setattr(store, "_syncfs", recorded_syncfs)
+    synced = _fsyncs(monkeypatch)
+    rep = await run_harvest(sim, out)
+    assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 4
+    data = sorted(str(p) for p in out.rglob("cdr-*.parquet"))
+    records = sorted(str(p) for p in (out / "_manifest").rglob("*.json"))
+    assert len(data) == len(records) == 4
+    temps = [s for s in synced if "/.cdr-" in s]
+    assert len(temps) == 4  # each data file before its rename, then its directory:
+    assert {str(Path(p).parent) for p in data} <= set(synced)
+    assert events == ["syncfs, lock held"]  # one checkpoint, when the lake closed
+    assert not [s for s in synced if "/_manifest/" in s and s.endswith(".tmp")]  # none at commit
+    record_syncs = [s for s in synced if s.endswith(".json") and "_manifest" in s]
+    assert sorted(record_syncs) == ([] if syncfs else records)  # the fallback: one fsync each
+
+    synced.clear()
+    events.clear()
+    again = await run_harvest(sim, out, refresh=True)  # every record is replaced
+    assert again["shards"]["reharvested"] == 4
+    tmp_records = [s for s in synced if "/_manifest/" in s and s.endswith(".tmp")]
+    assert len(tmp_records) == 4  # fsynced before their rename, not left to the checkpoint
+    assert_lake_equals(out, all_records(sim))
+
+
+async def test_checkpoints_come_during_a_long_run(
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records are not left waiting for the end of a long run (here: a checkpoint is due at
+    every commit)."""
+    from harvester import lake, store
+
+    monkeypatch.setattr(lake, "CHECKPOINT_SECONDS", 0.0)
+    calls: list[Path] = []
+    real = store._syncfs
+    monkeypatch.setattr(store, "_syncfs", lambda path: calls.append(path) or real(path))
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=150, end_date=PAST)))
+    rep = await run_harvest(sim, tmp_path / "lake", concurrency=1)
+    assert rep["shards"]["verified"] == 4
+    assert len(calls) >= 2, calls  # more than the one at the end
+
+
 # -- the lock --------------------------------------------------------------------------------
 async def test_second_run_on_a_locked_lake_is_refused(start_sim, tmp_path: Path) -> None:
     sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, calls_per_day=50, end_date=PAST)))
