@@ -50,6 +50,9 @@ from harvester.verify import table_sums
 log = logging.getLogger("harvester.workers")
 _REQUEST = struct.Struct("<QBQIIQ")
 DECODE, KEEP, FINISH, DROP = range(4)
+# Socket buffers (the kernel caps them at net.core.wmem_max): with the default ~200 KB a
+# worker woke up about twice per page body; measured 6% faster runs with 4 MB.
+SOCKET_BUFFER = 4 << 20
 _RESPONSE = struct.Struct("<QBII")
 _RAW_SCHEMA = pa.schema([pa.field("r", RAW)])
 
@@ -211,6 +214,9 @@ class DecodePool:
         for _ in range(workers):
             try:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                for end in (ours, theirs):  # a page body in one write, not in 200 KB slices
+                    end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+                    end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
                 pid = os.fork()
             except OSError as e:  # out of processes or memory: decode on the loop instead
                 log.warning("cannot start a decode worker (%s); decoding on the event loop", e)
