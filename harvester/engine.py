@@ -1,7 +1,8 @@
 """The harvest: plan → fetch (worker pool) → decode → write → verify → commit.
 
 Each shard is one task. A closed day is probed (page 1 gives ``pagination.pages``) and its
-other pages fan out at once; the shared client caps requests in flight and paces them. A day
+other pages fan out at once; the shared client caps requests in flight and paces them. With
+decode workers, one worker keeps all of a closed day's pages and hands back its encoded file. A day
 that is still open (the current UTC day) is walked page by page instead, then re-probed and
 caught up until the distinct uuids match the latest total: newest-first pages shift while
 calls arrive, so a parallel fetch would miss records and a forward walk repeats some.

