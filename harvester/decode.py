@@ -135,6 +135,15 @@ def loads(body: bytes | bytearray) -> Any:
         raise DecodeError(f"body is not JSON ({len(body)} bytes): {e}") from None
 
 
+def check_shape(body: bytes) -> bytes:
+    """``body`` if it can be a JSON object at all (``{`` first, ``}`` last), else
+    :class:`DecodeError`. A cheap look before a body goes to a decode worker, so that an HTML
+    error page answered with 200 is fetched again at once, like any page that does not decode."""
+    if not (body[:64].lstrip().startswith(b"{") and body[-64:].rstrip().endswith(b"}")):
+        raise DecodeError(f"body is not a JSON object ({len(body)} bytes)")
+    return body
+
+
 def _int(value: Any, default: int) -> int:
     if isinstance(value, bool) or value is None:
         return default

@@ -26,7 +26,7 @@ import pyarrow as pa
 from harvester.assemble import dedupe, order
 from harvester.client import Client
 from harvester.config import HarvestConfig
-from harvester.decode import Collector, DecodeError, Page, decode_page
+from harvester.decode import Collector, DecodeError, Page, check_shape, decode_page
 from harvester.endpoints import list_params, list_path
 from harvester.errors import HarvestError, NotFound, RetriesExhausted
 from harvester.lake import Lake
@@ -294,7 +294,7 @@ class Harvester:
     async def page(self, shard: Shard, n: int, per_page: int) -> Page:
         page: Page | None = None
         if self.pool is not None and not self.pool.broken:
-            body = await self._get(shard, n, per_page, lambda body: body)
+            body = await self._get(shard, n, per_page, check_shape)
             try:
                 page = await self.pool.decode(body, n, per_page)
                 self.stats.worker_pages += 1
@@ -354,7 +354,7 @@ class Harvester:
         fetches. Page 1 decoded, when the shard is too large to hold (the caller streams it);
         None when a page or a worker fails (the caller fetches the shard page by page)."""
         try:
-            body = await self._get(shard, 1, self.cfg.per_page, lambda body: body)
+            body = await self._get(shard, 1, self.cfg.per_page, check_shape)
             first = await self._keep(job, body, 1, self.cfg.per_page)
             if first.total > self.cfg.stream_rows:
                 return await self._decode_fetched(body, 1, self.cfg.per_page)
@@ -362,7 +362,7 @@ class Harvester:
             if numbers:
 
                 async def keep(n: int) -> None:
-                    body = await self._get(shard, n, first.per_page, lambda b: b)
+                    body = await self._get(shard, n, first.per_page, check_shape)
                     await self._keep(job, body, n, first.per_page)
 
                 try:

@@ -345,6 +345,34 @@ async def test_a_page_the_worker_cannot_decode_is_fetched_again(start_sim, tmp_p
     assert_lake_equals(tmp_path / "lake", all_records(sim))
 
 
+async def test_an_html_page_answered_200_is_fetched_again_alone(start_sim, tmp_path: Path) -> None:
+    """A proxy's HTML error page with status 200 is retried as that one page: the shard stays
+    with its worker (no fetch of the whole shard again)."""
+    sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, calls_per_day=900)))
+    original = sim._page
+    html = {"left": 1}
+
+    def page(request, auth_ids, envelope, pair):
+        body = original(request, auth_ids, envelope, pair)
+        if request.query.get("page") == "3" and html["left"]:
+            html["left"] -= 1
+            return b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+        return body
+
+    sim._page = page
+    shard = (sim.data.customer_list[0].auth_id, sim.data.day_list[0].isoformat())
+    html["left"] = 0
+    await run_harvest(sim, tmp_path / "clean", decode_workers=1)
+    clean = sim.shard_requests[shard]  # its pages, and the day-window probe's
+    html["left"] = 1
+    rep = await run_harvest(sim, tmp_path / "lake", decode_workers=1)
+    assert rep["exit_code"] == 0 and html["left"] == 0
+    assert rep["retries"] == 1
+    assert rep["decode_workers"]["pages"] == rep["pages"]  # every page kept by the worker
+    assert sim.shard_requests[shard] - clean == clean + 1  # the same requests, and page 3 again
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
+
+
 def _children() -> list[int]:
     """Processes this one started (the decode workers, when a harvest runs in-process)."""
     me, kids = os.getpid(), []
