@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -150,11 +150,7 @@ class Harvester:
         self.stats.shards_planned = len(planned)
         await self.day_window(planned, record=True)
         try:
-            async with asyncio.TaskGroup() as tg:
-                for shard, mode in planned:
-                    tg.create_task(self._guarded(shard, mode))
-        except ExceptionGroup as eg:
-            raise _first_error(eg) from None
+            await _at_once(self._guarded(shard, mode) for shard, mode in planned)
         finally:
             self._io.shutdown(wait=True, cancel_futures=True)
         return self.stats
@@ -359,18 +355,12 @@ class Harvester:
             if first.total > self.cfg.stream_rows:
                 return await self._decode_fetched(body, 1, self.cfg.per_page)
             numbers = range(2, first.pages + 1)
-            if numbers:
 
-                async def keep(n: int) -> None:
-                    body = await self._get(shard, n, first.per_page, check_shape)
-                    await self._keep(job, body, n, first.per_page)
+            async def keep(n: int) -> None:
+                body = await self._get(shard, n, first.per_page, check_shape)
+                await self._keep(job, body, n, first.per_page)
 
-                try:
-                    async with asyncio.TaskGroup() as tg:
-                        for n in numbers:
-                            tg.create_task(keep(n))
-                except ExceptionGroup as eg:
-                    raise _first_error(eg) from None
+            await _at_once(keep(n) for n in numbers)
             encoded = await job.finish(by_account=shard.scope == "global")
         except DecodeError as e:
             log.info("shard %s: %s; fetching it again page by page", shard.key, e)
@@ -456,13 +446,7 @@ class Harvester:
         async def fetch(n: int) -> None:
             got.add(await self.page(shard, n, per_page))
 
-        if numbers:
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    for n in numbers:
-                        tg.create_task(fetch(n))
-            except ExceptionGroup as eg:
-                raise _first_error(eg) from None
+        await _at_once(fetch(n) for n in numbers)
 
     async def _walk(self, shard: Shard) -> tuple[pa.Table, Page, int]:
         """Open day (or a retry): walk forward, then re-probe and catch up until whole."""
@@ -494,6 +478,17 @@ class Harvester:
             if fresh == 0:
                 break  # nothing new arrived: this shortfall is not drift, catching up won't heal it
         return await self._assemble(got.table, shard), first, got.pages
+
+
+async def _at_once(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run coroutines as one task group; the first failure cancels the rest and is raised
+    as itself (the most meaningful one, see :func:`_first_error`), not as a group."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for coro in coros:
+                tg.create_task(coro)
+    except ExceptionGroup as eg:
+        raise _first_error(eg) from None
 
 
 def _first_error(eg: BaseExceptionGroup) -> BaseException:
