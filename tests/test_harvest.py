@@ -327,19 +327,26 @@ async def test_decode_workers_keep_whole_shards(
     assert_lake_equals(tmp_path / "lake", all_records(sim))
 
 
+def _answer_once(sim: Any, page: str, body: bytes) -> dict[str, int]:
+    """Have the simulator answer ``body`` (status 200) the next time ``page`` is asked for;
+    returns the count of such answers left (set it to 1 to have one more)."""
+    original = sim._page
+    left = {"left": 1}
+
+    def patched(request, auth_ids, envelope, pair):
+        answer = original(request, auth_ids, envelope, pair)
+        if request.query.get("page") == page and left["left"]:
+            left["left"] -= 1
+            return body
+        return answer
+
+    sim._page = patched
+    return left
+
+
 async def test_a_page_the_worker_cannot_decode_is_fetched_again(start_sim, tmp_path: Path) -> None:
     sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, calls_per_day=900)))
-    original = sim._page
-    broken = {"left": 1}
-
-    def page(request, auth_ids, envelope, pair):  # one page 5 that looks like JSON but is not
-        body = original(request, auth_ids, envelope, pair)
-        if request.query.get("page") == "5" and broken["left"]:
-            broken["left"] -= 1
-            return b'{"data": [oops]}'
-        return body
-
-    sim._page = page
+    broken = _answer_once(sim, "5", b'{"data": [oops]}')  # looks like JSON, but is not
     rep = await run_harvest(sim, tmp_path / "lake", decode_workers=1)
     assert rep["exit_code"] == 0 and broken["left"] == 0
     assert_lake_equals(tmp_path / "lake", all_records(sim))
@@ -349,17 +356,7 @@ async def test_an_html_page_answered_200_is_fetched_again_alone(start_sim, tmp_p
     """A proxy's HTML error page with status 200 is retried as that one page: the shard stays
     with its worker (no fetch of the whole shard again)."""
     sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, calls_per_day=900)))
-    original = sim._page
-    html = {"left": 1}
-
-    def page(request, auth_ids, envelope, pair):
-        body = original(request, auth_ids, envelope, pair)
-        if request.query.get("page") == "3" and html["left"]:
-            html["left"] -= 1
-            return b"<html><body><h1>502 Bad Gateway</h1></body></html>"
-        return body
-
-    sim._page = page
+    html = _answer_once(sim, "3", b"<html><body><h1>502 Bad Gateway</h1></body></html>")
     shard = (sim.data.customer_list[0].auth_id, sim.data.day_list[0].isoformat())
     html["left"] = 0
     await run_harvest(sim, tmp_path / "clean", decode_workers=1)
