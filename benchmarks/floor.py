@@ -31,7 +31,7 @@ async def _harvest(base: str, headers: dict[str, str], days: list[str], out: Pat
     from harvester.decode import Collector, Page, decode_page
     from harvester.engine import dedupe, order
     from harvester.lake import WRITE_OPTIONS
-    from harvester.store import LocalStore
+    from harvester.store import LocalStore, parquet_bytes
 
     store = LocalStore(out)
     connector = aiohttp.TCPConnector(limit=16)
@@ -57,7 +57,8 @@ async def _harvest(base: str, headers: dict[str, str], days: list[str], out: Pat
                     got.add(p)
                 table = order(dedupe(got.table()))
                 if table.num_rows:
-                    store.write_table(f"date={day}/cdr-{account}.parquet", table, **WRITE_OPTIONS)
+                    data = parquet_bytes(table, **WRITE_OPTIONS)
+                    store.write_file(f"date={day}/cdr-{account}.parquet", data)
                 records += table.num_rows
                 pages += got.pages
 

@@ -31,7 +31,7 @@ from harvester.crashpoints import crash_point
 from harvester.errors import LakeError, UsageError
 from harvester.plan import Shard
 from harvester.schema import SCHEMA
-from harvester.store import LocalStore, ObjectStore, StagedTable, open_store
+from harvester.store import LocalStore, ObjectStore, StagedTable, open_store, parquet_bytes
 
 FORMAT = 1
 # Low-cardinality columns only: dictionary-encoding uuids and numbers is wasted work per file.
@@ -195,15 +195,11 @@ class Lake:
         return f"_manifest/date={shard.day.isoformat()}/{shard.who}.json"
 
     def write_shard(self, shard: Shard, table: pa.Table) -> int:
-        """Write a shard's file so it appears whole (or remove it when empty); returns bytes."""
-        key = self.file_key(shard)
-        if table.num_rows == 0:
-            self.store.delete(key)
-            return 0
-        return int(self.store.write_table(key, table, **WRITE_OPTIONS))
+        """Encode a shard's table and write its file (see :meth:`write_shard_file`)."""
+        return self.write_shard_file(shard, parquet_bytes(table, **WRITE_OPTIONS) if table.num_rows else b"")
 
-    def write_shard_file(self, shard: Shard, data: bytes) -> int:
-        """Write a shard's file encoded elsewhere (a decode worker), so it appears whole; an
+    def write_shard_file(self, shard: Shard, data: bytes | pa.Buffer) -> int:
+        """Write a shard's encoded file (here or by a decode worker) so it appears whole; an
         empty shard (no bytes) has no file. Returns bytes."""
         key = self.file_key(shard)
         if not data:

@@ -215,11 +215,8 @@ class LocalStore:
     def write(self, key: str, data: bytes, durable: bool = True) -> None:
         self._put(key, data, durable)
 
-    def write_table(self, key: str, table: pa.Table, **options: Any) -> int:
-        return self.write_file(key, parquet_bytes(table, **options))
-
     def write_file(self, key: str, data: bytes | pa.Buffer) -> int:
-        """A file already encoded (e.g. by a decode worker), written so it appears whole."""
+        """An encoded file (a shard's Parquet), written so it appears whole."""
         return self._put(key, data)
 
     def delete(self, key: str) -> None:
@@ -400,11 +397,9 @@ class ObjectStore:
     def checkpoint(self) -> None:
         """Nothing to do: every completed upload is durable."""
 
-    def write_table(self, key: str, table: pa.Table, **options: Any) -> int:
-        return self.write_file(key, parquet_bytes(table, **options))  # encoded once, whatever the retries
-
     def write_file(self, key: str, data: bytes | pa.Buffer) -> int:
-        """An encoded file uploaded so it appears whole (retried)."""
+        """An encoded file uploaded so it appears whole (retried: encoded once, whatever the
+        retries)."""
 
         def op() -> int:
             sink = self.fs.open_output_stream(self._full(key))
