@@ -213,6 +213,12 @@ class Client:
                 self.stats.requests += 1
                 try:
                     status, headers, body = await self._send(path, params)
+                except aiohttp.ClientConnectorCertificateError as e:  # no retry will change it
+                    why = getattr(e.certificate_error, "verify_message", None) or e.certificate_error
+                    raise Unreachable(
+                        f"cannot connect to {self.host}: its TLS certificate is not trusted ({why}); "
+                        "if a private CA signed it, name that CA's PEM file in SSL_CERT_FILE"
+                    ) from None
                 except aiohttp.ClientConnectorError as e:
                     self._connect_failures += 1
                     reason = f"cannot connect to {self.host} ({_os_reason(e)})"

@@ -35,9 +35,9 @@ async def start_sim() -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await start_sim(SimConfig(...))`` → a running Simulator (stopped after)."""
     sims: list[Simulator] = []
 
-    async def start(config: SimConfig | None = None, **kw: Any) -> Simulator:
+    async def start(config: SimConfig | None = None, ssl_context: Any = None, **kw: Any) -> Simulator:
         sim = Simulator(config or SimConfig(**kw))
-        await sim.start()
+        await sim.start(ssl_context=ssl_context)
         sims.append(sim)
         return sim
 

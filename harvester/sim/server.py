@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import ssl
 import time
 import uuid as uuidlib
 from collections import Counter, OrderedDict
@@ -184,14 +185,17 @@ class Simulator:
         r.add_post("/_sim/late", self._ctl_late)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on ``host:port`` (0 picks a free port); returns the base URL."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Serve on ``host:port`` (0 picks a free port), over TLS with ``ssl_context``;
+        returns the base URL."""
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=1024)
+        site = web.TCPSite(self._runner, host, port, backlog=1024, ssl_context=ssl_context)
         await site.start()
         bound = self._runner.addresses[0][1] if self._runner.addresses else port
-        self.base_url = f"http://{host}:{bound}"
+        self.base_url = f"{'https' if ssl_context else 'http'}://{host}:{bound}"
         if not self.frozen:
             self._drift_task = asyncio.create_task(self._drift())
         return self.base_url
