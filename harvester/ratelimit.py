@@ -15,8 +15,6 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from aiolimiter import AsyncLimiter
-
 
 class Pacer:
     """No limit at all."""
@@ -41,6 +39,8 @@ class FixedRate(Pacer):
     """At most ``rate`` requests per second, evenly spaced."""
 
     def __init__(self, rate: float) -> None:
+        from aiolimiter import AsyncLimiter  # here: its import reads package metadata (≈10 ms)
+
         super().__init__()
         self.rate = rate
         self._limiter = AsyncLimiter(1, 1 / rate)
