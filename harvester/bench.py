@@ -115,7 +115,7 @@ async def run_bench(args: argparse.Namespace, token: str, base_url: str) -> dict
         policy=RetryPolicy(retries=args.retries),
     ) as probe_client:
         if args.scope == "partner" and not account:
-            found = await discover_accounts(probe_client)
+            found = (await discover_accounts(probe_client)).accounts
             if not found:
                 raise UsageError("the partner has no customers to benchmark: pass --customer")
             account = found[0]["auth_id"]

@@ -24,6 +24,8 @@ from harvester.config import (
     DEFAULT_BASE_URL,
     HarvestConfig,
     check_base_url,
+    check_id,
+    check_range,
     parse_date,
     parse_rate,
     parse_workers,
@@ -147,6 +149,14 @@ def _harvest_parser(sub: Any) -> None:
     )
     t.add_argument("--per-page", type=int, default=100, help="records per page, 1-100 (default 100)")
     t.add_argument(
+        "--max-body-mb",
+        type=int,
+        default=64,
+        metavar="MB",
+        help="an API answer larger than this, decompressed, fails its shard (default 64; a page "
+        "of 100 CDRs is about 0.15 MB)",
+    )
+    t.add_argument(
         "--max-runtime",
         type=float,
         default=None,
@@ -234,9 +244,9 @@ def _add_logging(g: Any) -> None:
 
 
 def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> HarvestConfig:
+    """Flags and environment → a validated :class:`HarvestConfig`."""
     from harvester import store
 
-    """Flags and environment → a validated :class:`HarvestConfig`."""
     today = today or _utc_today()
     yesterday = today - dt.timedelta(days=1)
     start = parse_date(args.start_date, "--start-date") if args.start_date else None
@@ -281,7 +291,9 @@ def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> Ha
         stream_rows=args.stream_rows,
         s3_endpoint_url=args.s3_endpoint_url,
         s3_region=args.s3_region,
+        max_body_mb=args.max_body_mb,
     )
+    check_range("--progress-interval", args.progress_interval, 0.1, 86400, "use 0.1 to 86400 seconds")
     return validate(cfg, yes=args.yes)
 
 
@@ -464,16 +476,28 @@ def _lookup_parser(sub: Any) -> None:
     _add_source(b)
 
 
+def _check_source(args: argparse.Namespace) -> str:
+    """The checks every API command shares: ids typed by the user, timeouts, the base URL."""
+    if getattr(args, "customer", None) is not None:
+        check_id(args.customer, "--customer")
+    if getattr(args, "uuid", None) is not None:
+        check_id(args.uuid, "uuid", "the CDR's uuid")
+    check_range("--timeout", args.timeout, 0.1, 3600, "use seconds between 0.1 and 3600")
+    check_range("--connect-timeout", args.connect_timeout, 0.1, 3600, "use seconds between 0.1 and 3600")
+    check_range("--retries", args.retries, 0, 100, "use 0 to 100")
+    return check_base_url(args.base_url, args.insecure)
+
+
 def cmd_lookup(args: argparse.Namespace) -> int:
     from harvester import lookups
 
-    return lookups.run(args, _token(args), check_base_url(args.base_url, args.insecure))
+    return lookups.run(args, _token(args), _check_source(args))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from harvester import bench
 
-    return bench.main(args, _token(args), check_base_url(args.base_url, args.insecure))
+    return bench.main(args, _token(args), _check_source(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

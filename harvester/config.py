@@ -10,8 +10,8 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from harvester.endpoints import SCOPES
-from harvester.errors import UsageError
+from harvester.endpoints import SCOPES, customer_id_problem
+from harvester.errors import UsageError, clean, shown
 
 DEFAULT_BASE_URL = "https://api.vobiz.ai"
 STATUSES = ("answered", "failed", "busy", "no_answer")
@@ -49,6 +49,7 @@ class HarvestConfig:
     stream_rows: int = 20_000  # a closed-day shard larger than this is written as it arrives
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    max_body_mb: int = 64  # an answer larger than this (decompressed) fails its shard
 
     @property
     def identity(self) -> dict[str, object]:
@@ -60,24 +61,58 @@ def parse_date(value: str, flag: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise UsageError(f"{flag} {value!r} is not a date: use YYYY-MM-DD") from None
+        raise UsageError(f"{flag} {shown(value)} is not a date: use YYYY-MM-DD") from None
+
+
+def check_id(value: str, flag: str, what: str = "a customer auth_id") -> str:
+    """A customer id or uuid the user typed, or a one-line :class:`UsageError` naming it."""
+    problem = customer_id_problem(value)
+    if problem is None:
+        return value
+    if not value:
+        raise UsageError(f"{flag} is empty: give {what}, e.g. {flag} MA_XXXXXXXX")
+    if "," in value:
+        raise UsageError(f"{flag} {shown(value)} holds a comma: repeat {flag} once for each id")
+    raise UsageError(f"{flag} {shown(value)} {problem}: give {what} exactly as the API lists it")
 
 
 def check_base_url(url: str, insecure: bool = False) -> str:
-    """A usable base URL; plain http only to loopback unless ``insecure``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--base-url {url!r} is not an http(s) URL: use e.g. https://api.vobiz.ai")
+    """A usable base URL: ``scheme://host[:port]`` and nothing more (no user or password,
+    no path, query or fragment); plain http only to loopback unless ``insecure``. Messages
+    name the URL without its user and password."""
+    fix = "use the API's address alone, e.g. https://api.vobiz.ai"
     try:
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise UsageError(f"--base-url {url!r} has a bad port") from None
+        raise UsageError(f"--base-url {shown(_without_password(url))} is not a URL: {fix}") from None
+    safe = shown(_without_password(url))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--base-url {safe} is not an http(s) URL: {fix}")
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(
+            f"--base-url {safe} carries a user or password, which is never sent: {fix}, "
+            "with the credentials in --auth-id and --auth-token-file (or VOBIZ_AUTH_ID / VOBIZ_AUTH_TOKEN)"
+        )
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise UsageError(f"--base-url {safe} has a path or query (the harvester adds /api/v1/...): {fix}")
     if parts.scheme == "http" and not insecure and not _is_loopback(parts.hostname):
         raise UsageError(
-            f"--base-url {url!r} is plain http to a remote host: the token would cross the "
+            f"--base-url {safe} is plain http to a remote host: the token would cross the "
             "network in clear text; use https, or pass --insecure if you must"
         )
-    return url.rstrip("/")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _without_password(url: str) -> str:
+    """``url`` with anything before an ``@`` in its authority replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return clean(url, 200)
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return clean(f"{scheme}://{authority}{slash}{tail}", 200)
 
 
 def _is_loopback(host: str) -> bool:
@@ -100,6 +135,12 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
         raise UsageError(f"--scope {cfg.scope!r} is unknown: use one of {', '.join(SCOPES)}")
     if cfg.scope == "global" and cfg.customers:
         raise UsageError("--customer does not go with --scope global (the feed covers every customer)")
+    for customer in cfg.customers:
+        check_id(customer, "--customer")
+    if cfg.scope == "account" and len(cfg.customers) > 1:
+        raise UsageError("--scope account harvests one account: give --customer once (or not at all)")
+    if not str(cfg.out).strip():
+        raise UsageError("--out is empty: name the lake's directory or s3://bucket/prefix")
     if not cfg.auth_id or not cfg.auth_token:
         raise UsageError(
             "no credentials: pass --auth-id and --auth-token (or --auth-token-file), "
@@ -122,8 +163,14 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
     check_range("--stream-rows", cfg.stream_rows, 100, 10**9, "use 100 or more records")
     if isinstance(cfg.rate, float):
         check_range("--rate", cfg.rate, 0.01, 10_000, "use 0.01 to 10000, 'auto' or 'unlimited'")
-    check_range("--lookback", cfg.lookback, 0, 3650, "use 0 or more days")
+    check_range("--lookback", cfg.lookback, 0, 3650, "use 0 to 3650 days")
     check_range("--timeout", cfg.timeout, 0.1, 3600, "use seconds between 0.1 and 3600")
+    check_range("--connect-timeout", cfg.connect_timeout, 0.1, 3600, "use seconds between 0.1 and 3600")
+    check_range("--retries", cfg.retries, 0, 100, "use 0 to 100")
+    check_range("--verify-attempts", cfg.verify_attempts, 1, 20, "use 1 to 20")
+    check_range("--max-body-mb", cfg.max_body_mb, 1, 4096, "use 1 to 4096 MB")
+    if cfg.max_runtime is not None:
+        check_range("--max-runtime", cfg.max_runtime, 0.1, 30 * 86400, "use seconds, more than 0")
     status = cfg.filters.get("status")
     if status is not None and status not in STATUSES:
         raise UsageError(f"--status {status!r} is unknown: use one of {', '.join(STATUSES)}")
@@ -142,7 +189,7 @@ def parse_workers(value: str | int) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise UsageError(f"--decode-workers {value!r} is not a number: use 0 to 16 or 'auto'") from None
+        raise UsageError(f"--decode-workers {shown(value)} is not a number: use 0 to 16 or 'auto'") from None
     check_range("--decode-workers", n, 0, 16, "use 0 to 16 or 'auto'")
     return n
 
@@ -152,11 +199,13 @@ def parse_rate(value: str) -> float | str | None:
     v = value.strip().lower()
     if v == "auto":
         return "auto"
-    if v in ("unlimited", "none", "0"):
+    if v in ("unlimited", "none"):
         return None
     try:
         rate = float(v)
     except ValueError:
-        raise UsageError(f"--rate {value!r} is not a number: use e.g. 20, 'auto' or 'unlimited'") from None
+        raise UsageError(
+            f"--rate {shown(value)} is not a number: use e.g. 20, 'auto' or 'unlimited'"
+        ) from None
     check_range("--rate", rate, 0.01, 10_000, "use 0.01 to 10000, 'auto' or 'unlimited'")
     return rate

@@ -14,7 +14,9 @@ harvest fail, and nothing the API sent is lost.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from harvester.errors import BadResponse, shown
 from harvester.schema import ARROW_TYPES, FIELD_NAMES, FIELDS, INT, KNOWN, SCHEMA, TIMESTAMP, TS
 
 _UUID = FIELD_NAMES.index("uuid")
@@ -136,25 +139,40 @@ def loads(body: bytes | bytearray) -> Any:
 
 
 def check_shape(body: bytes) -> bytes:
-    """``body`` if it can be a JSON object at all (``{`` first, ``}`` last), else
-    :class:`DecodeError`. A cheap look before a body goes to a decode worker, so that an HTML
-    error page answered with 200 is fetched again at once, like any page that does not decode."""
-    if not (body[:64].lstrip().startswith(b"{") and body[-64:].rstrip().endswith(b"}")):
+    """``body`` if it can be a JSON object at all (``{`` first, ``}`` last, blanks around them
+    allowed), else :class:`DecodeError`. A cheap look before a body goes to a decode worker,
+    so that an HTML error page answered with 200 is fetched again at once, like any page that
+    does not decode."""
+    if not (_OPENS.match(body) and body.rstrip(b" \t\r\n").endswith(b"}")):
         raise DecodeError(f"body is not a JSON object ({len(body)} bytes)")
     return body
 
 
-def _int(value: Any, default: int) -> int:
-    if isinstance(value, bool) or value is None:
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
+_OPENS = re.compile(rb"[ \t\r\n]*\{")
+MAX_PER_PAGE = 1000  # a granted per_page past this is not a page size the API has
+MAX_TOTAL = 100_000_000  # records in one shard (one customer-day, or the feed's day)
+
+
+def _count(value: Any, name: str) -> int | None:
+    """A count the page states: None when absent, else a non-negative int, else
+    :class:`BadResponse` naming the field."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, float) and value.is_integer() and value >= 0:
+            return int(value)
+        raise BadResponse(f"pagination.{name} {shown(value)} is not a count")
+    return value
 
 
 def decode_page(body: bytes | bytearray, asked_page: int, asked_per_page: int) -> Page:
-    """Decode one CDR list page; raises :class:`DecodeError` when it is not one."""
+    """Decode one CDR list page; raises :class:`DecodeError` when it is not one (worth
+    another try) and :class:`BadResponse` when it is one that contradicts itself or states
+    numbers no API page has (retrying will not change it).
+
+    A page's own numbers must agree: ``per_page`` 1..1000, ``total`` at most
+    :data:`MAX_TOTAL`, ``pages`` = ceil(total / per_page) when stated, and no more records
+    than ``per_page``."""
     doc = loads(body)
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DecodeError("body has no 'data' list")
@@ -163,15 +181,24 @@ def decode_page(body: bytes | bytearray, asked_page: int, asked_per_page: int) -
     data = doc["data"]
     pag = doc.get("pagination")
     pag = pag if isinstance(pag, dict) else {}
-    per_page = _int(pag.get("per_page"), asked_per_page) or asked_per_page
-    total = _int(pag.get("total"), -1)
-    page = _int(pag.get("page"), asked_page)
-    if total < 0:
+    total = _count(pag.get("total"), "total")
+    if total is None:
         raise DecodeError("body has no pagination.total")
-    pages = max(_int(pag.get("pages"), 0), math.ceil(total / per_page) if per_page else 0)
-    has_next = bool(pag.get("has_next", page < pages))
+    per_page = _count(pag.get("per_page"), "per_page") or asked_per_page
+    if per_page > MAX_PER_PAGE:
+        raise BadResponse(f"pagination.per_page {per_page} is more than any API page holds")
+    if total > MAX_TOTAL:
+        raise BadResponse(f"pagination.total {total} is more records than one day of one shard can hold")
+    if len(data) > per_page:
+        raise BadResponse(f"page holds {len(data)} records, more than its per_page {per_page}")
+    pages = math.ceil(total / per_page)
+    stated = _count(pag.get("pages"), "pages")
+    if stated is not None and stated != pages and not (total == 0 and stated in (0, 1)):
+        raise BadResponse(f"pagination.pages {stated} contradicts total {total} / per_page {per_page}")
+    page = _count(pag.get("page"), "page") or asked_page
+    has_next = pag.get("has_next", page < pages)
     summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else None
-    return Page(to_part(data), page, per_page, total, pages, has_next, summary)
+    return Page(to_part(data), page, per_page, total, pages, has_next is True, summary)
 
 
 def to_part(records: list[Any]) -> Part:
@@ -238,13 +265,7 @@ def _unknown_fields(records: list[dict[str, Any]]) -> list[dict[str, Any] | None
 def _extra_column(n: int, extras: dict[int, dict[str, Any]]) -> pa.Array:
     if not extras:
         return pa.nulls(n, pa.string())
-    return pa.array(
-        [
-            orjson.dumps(extras[i], option=orjson.OPT_SORT_KEYS).decode() if i in extras else None
-            for i in range(n)
-        ],
-        pa.string(),
-    )
+    return pa.array([_dumps(extras[i]) if i in extras else None for i in range(n)], pa.string())
 
 
 def _per_value_batch(records: list[dict[str, Any]]) -> pa.RecordBatch:
@@ -292,6 +313,7 @@ _LOST = object()
 
 
 def _to_int(v: Any) -> Any:
+    """An int64, or :data:`_LOST` (a fraction, text that is no number, out of range)."""
     if v is None:
         return None
     if isinstance(v, bool):
@@ -301,33 +323,49 @@ def _to_int(v: Any) -> Any:
     if isinstance(v, float):
         return _to_int(int(v)) if v.is_integer() else _LOST
     if isinstance(v, str):
+        if len(v) > 100:  # no int64 is written that long
+            return _LOST
         try:
-            return int(v.strip())
+            return _to_int(int(v.strip()))
         except ValueError:
             f = _to_float(v)
-            return int(f) if isinstance(f, float) and f.is_integer() else _LOST
+            return _to_int(f) if isinstance(f, float) else _LOST
     return _LOST
 
 
 def _to_float(v: Any) -> Any:
+    """A finite float64, or :data:`_LOST` (text that is no number, NaN, infinity)."""
     if v is None:
         return None
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v.strip())
-        except ValueError:
+    try:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            f = float(v)
+        elif isinstance(v, str) and len(v) <= 100:
+            f = float(v.strip())
+        else:
             return _LOST
-    return _LOST
+    except (ValueError, OverflowError):
+        return _LOST
+    return f if math.isfinite(f) else _LOST
 
 
 def _to_str(v: Any) -> Any:
     if v is None or isinstance(v, str):
         return v
-    if isinstance(v, (int, float, bool)):
-        return orjson.dumps(v).decode()
-    return orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()
+    return _dumps(v)
+
+
+def _dumps(v: Any) -> str:
+    """JSON text of a value the API sent. orjson refuses nesting past 254 levels; the
+    standard library's encoder takes what the decoder took (orjson reads up to 1024)."""
+    try:
+        return orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        pass
+    try:
+        return json.dumps(v, sort_keys=True, separators=(",", ":"))
+    except (RecursionError, TypeError, ValueError):
+        raise BadResponse("a record holds a value nested too deeply to keep") from None
 
 
 def _to_ts(v: Any) -> Any:

@@ -6,6 +6,7 @@ Path casing matters to the API: ``Account`` capitalised and ``cdr`` lowercase.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from urllib.parse import quote
 
@@ -21,6 +22,22 @@ FILTER_FLAGS = (
     "from_number",
     "to_number",
 )
+
+
+# A customer id (``auth_id``, e.g. ``MA_XXXXXXXX``): a letter or digit, then up to 127
+# letters, digits, ``_``, ``.`` or ``-``. It becomes a URL path segment and a file name, so
+# anything else (``/``, ``..``, NUL, spaces, a number instead of a string) is refused.
+CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+CUSTOMER_ID_RULE = "a letter or digit, then up to 127 letters, digits, '_', '.' or '-'"
+
+
+def customer_id_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a customer id, or None when it can."""
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__}, not a string"
+    if not CUSTOMER_ID.fullmatch(value):
+        return f"is not {CUSTOMER_ID_RULE}"
+    return None
 
 
 def _seg(value: str) -> str:

@@ -28,11 +28,11 @@ from harvester.client import Client
 from harvester.config import HarvestConfig
 from harvester.decode import Collector, DecodeError, Page, check_shape, decode_page
 from harvester.endpoints import list_params, list_path
-from harvester.errors import HarvestError, NotFound, RetriesExhausted
+from harvester.errors import HarvestError, ShardError, UsageError, shown
 from harvester.lake import Lake
 from harvester.plan import Shard, days, discover_accounts, shards_for
-from harvester.store import StagedTable, StorageError
-from harvester.verify import Verdict, table_sums, verify, verify_counts
+from harvester.store import StagedTable
+from harvester.verify import Verdict, contradiction, table_sums, verify, verify_counts
 from harvester.workers import DecodePool, Encoded, ShardJob
 
 log = logging.getLogger("harvester.engine")
@@ -65,6 +65,7 @@ class RunStats:
     bytes: int = 0
     results: list[ShardResult] = field(default_factory=list)
     accounts: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)  # listed ids that cannot be harvested
     stopped: str | None = None
 
     def count(self) -> Counter[str]:
@@ -109,14 +110,25 @@ class Harvester:
 
     # -- planning ------------------------------------------------------------------------
     async def accounts(self) -> list[str | None]:
+        """Whose CDRs to fetch. In partner scope the listing is always read: ``--customer``
+        ids are checked against it (an id the partner does not have is a usage error, which
+        no re-run would fix), and listed ids that cannot be customer ids are reported."""
         if self.cfg.scope == "global":
             return [None]
         if self.cfg.scope == "account":
             return [self.cfg.customers[0] if self.cfg.customers else self.cfg.auth_id]
-        if self.cfg.customers:
-            return list(dict.fromkeys(self.cfg.customers))
-        found = await discover_accounts(self.client)
-        return [a["auth_id"] for a in found]
+        listing = await discover_accounts(self.client)
+        if not self.cfg.customers:
+            self.stats.rejected = listing.rejected
+            return [a["auth_id"] for a in listing.accounts]
+        known = {a["auth_id"] for a in listing.accounts}
+        for customer in self.cfg.customers:
+            if customer not in known:
+                raise UsageError(
+                    f"--customer {shown(customer)} is not in this partner's listing of {len(known)} "
+                    "customers: check the id ('vobiz-harvest accounts' lists them)"
+                )
+        return list(dict.fromkeys(self.cfg.customers))
 
     def plan(self, accounts: list[str | None]) -> list[tuple[Shard, str]]:
         """(shard, mode) pairs; mode is harvest, recheck or skip."""
@@ -156,35 +168,52 @@ class Harvester:
         return self.stats
 
     async def day_window(self, planned: list[tuple[Shard, str]], record: bool) -> None:
-        """How the server reads ``end_date``: learnt once per lake, then kept in ``_lake.json``.
+        """How the server reads ``end_date``, kept in ``_lake.json`` once two probes agree.
 
         The docs show whole-day ranges (``2026-03-01``..``2026-03-31``) but never say whether
         ``end_date`` is inclusive. A server that treats it as exclusive would answer every
-        one-day query with nothing, and every empty shard would "verify". So before the first
-        fetch into a lake, the totals of day D, day D+1 and the range D..D+1 tell the two apart.
+        one-day query with nothing, and every empty shard would "verify"; one read as
+        exclusive by mistake would store each day's calls twice. So the totals of day D,
+        day D+1 and the range D..D+1 tell the two apart, and one probe is never believed
+        alone (a server still filling a day answers a lagging total, which reads as
+        exclusive): a reading is recorded when two probes agree. A recorded "exclusive" is
+        re-checked by each run with one probe (3 requests), and changed only when two probes
+        agree on "inclusive"; a recorded "inclusive" cannot come from a lagging answer and is
+        kept without a request.
         """
         known = self.lake.server_fact("end_date")
-        if known in ("inclusive", "exclusive"):
-            self.end_offset = 1 if known == "exclusive" else 0
+        known = known if known in ("inclusive", "exclusive") else None
+        if known == "inclusive":
+            self.end_offset = 0
             return
         todo = [s for s, mode in planned if mode != "skip" and s.day < self.cfg.today]
         todo.sort(key=lambda s: s.day + dt.timedelta(days=1) >= self.cfg.today)  # two closed days first
-        verdict = None
-        for shard in todo[:3]:
+        todo = todo[:4] if len(todo) > 1 else todo * 2
+        verdicts: list[str] = []
+        for shard in todo:
             try:
                 verdict = await self._probe_window(shard)
-            except (RetriesExhausted, NotFound) as e:  # that shard's own fetch will report it
+            except ShardError as e:  # that shard's own fetch will report it
                 log.info("day-window probe on %s failed: %s", shard.key, e)
                 continue
-            if verdict is not None:
+            if verdict is None:
+                continue
+            verdicts.append(verdict)
+            if verdict == known or verdicts.count(verdict) >= 2:
                 break
-        if verdict is None:
-            return  # nothing to tell by (no data): inclusive, as the docs' examples read; ask again next run
-        self.end_offset = 1 if verdict == "exclusive" else 0
-        if verdict == "exclusive":
+        agreed = next((v for v in verdicts if verdicts.count(v) >= 2), None)
+        if agreed is None or agreed == known:
+            # Not two agreeing probes (no data to tell by, or one lagging answer): keep what
+            # the lake knows, else inclusive, as the docs' examples read; ask again next run.
+            self.end_offset = 1 if known == "exclusive" else 0
+            return
+        self.end_offset = 1 if agreed == "exclusive" else 0
+        if agreed == "exclusive":
             log.warning("the server treats end_date as exclusive: querying each day as D..D+1")
+        if known is not None:
+            log.warning("the server's reading of end_date changed from %s to %s", known, agreed)
         if record:
-            self.lake.record_server_fact("end_date", verdict)
+            self.lake.record_server_fact("end_date", agreed)
 
     async def _probe_window(self, shard: Shard) -> str | None:
         path = list_path(shard.scope, shard.account)
@@ -210,7 +239,7 @@ class Harvester:
         async with self._shard_sem:
             try:
                 result = await self.do_shard(shard, mode)
-            except (RetriesExhausted, NotFound, StorageError) as e:
+            except ShardError as e:
                 log.warning("shard %s failed: %s", shard.key, e)
                 result = ShardResult(shard, "failed", "harvested", detail=str(e))
         self.stats.results.append(result)
@@ -309,14 +338,16 @@ class Harvester:
         streamed = False  # a shard too large to hold is fetched again as a stream, not walked
         for attempt in range(1, attempts + 1):
             got: pa.Table | Streamed | Encoded
+            problems: list[str] = []  # how pages contradicted page 1 on this attempt
             if open_day or (attempt > 1 and not streamed):
-                got, first, pages = await self._walk(shard)
+                got, first, pages = await self._walk(shard, problems)
             else:
-                got, first, pages = await self._fan_out(shard)
+                got, first, pages = await self._fan_out(shard, problems)
             if isinstance(got, (Streamed, Encoded)):
-                verdict = verify_counts(got.rows, got.sums, first.total, first.summary)
+                missing = got.missing if isinstance(got, Encoded) else 0
+                verdict = verify_counts(got.rows, got.sums, first.total, first.summary, missing, problems)
             else:
-                verdict = verify(got, first.total, first.summary)
+                verdict = verify(got, first.total, first.summary, problems)
             if verdict.ok(self.cfg.strict_sums) or attempt == attempts:
                 return got, first, verdict, pages, attempt
             if isinstance(got, Streamed):
@@ -326,11 +357,13 @@ class Harvester:
             await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
         raise AssertionError("unreachable")
 
-    async def _fan_out(self, shard: Shard) -> tuple[pa.Table | Streamed | Encoded, Page, int]:
-        """Closed day: probe page 1, then every other page at once."""
+    async def _fan_out(
+        self, shard: Shard, problems: list[str]
+    ) -> tuple[pa.Table | Streamed | Encoded, Page, int]:
+        """Closed day: probe page 1, then the other pages through ``--concurrency`` lanes."""
         first: Page | None = None
         if self.pool is not None and not self.pool.broken:
-            kept = await self._fan_out_kept(shard, self.pool.shard_job())
+            kept = await self._fan_out_kept(shard, self.pool.shard_job(), problems)
             if isinstance(kept, Page):
                 first = kept  # too large to hold: streamed, starting from this page 1
             elif kept is not None:
@@ -338,14 +371,16 @@ class Harvester:
         if first is None:
             first = await self.page(shard, 1, self.cfg.per_page)
         if first.total > self.cfg.stream_rows:  # too large to hold: written as it arrives
-            return await self._stream(shard, first)
-        per_page = first.per_page  # the server may grant fewer than asked
+            return await self._stream(shard, first, problems)
         got = Collector()
         got.add(first)
-        await self._pages_into(got, shard, range(2, first.pages + 1), per_page)
+        _note(problems, contradiction(first, first, 1))
+        await self._pages_into(got, shard, range(2, first.pages + 1), first, problems)
         return await self._assemble(got.table, shard), first, got.pages
 
-    async def _fan_out_kept(self, shard: Shard, job: ShardJob) -> tuple[Encoded, Page, int] | Page | None:
+    async def _fan_out_kept(
+        self, shard: Shard, job: ShardJob, problems: list[str]
+    ) -> tuple[Encoded, Page, int] | Page | None:
         """A closed day whose pages one decode worker keeps, joins and encodes: the loop only
         fetches. Page 1 decoded, when the shard is too large to hold (the caller streams it);
         None when a page or a worker fails (the caller fetches the shard page by page)."""
@@ -354,13 +389,14 @@ class Harvester:
             first = await self._keep(job, body, 1, self.cfg.per_page)
             if first.total > self.cfg.stream_rows:
                 return await self._decode_fetched(body, 1, self.cfg.per_page)
+            _note(problems, contradiction(first, first, 1))
             numbers = range(2, first.pages + 1)
 
             async def keep(n: int) -> None:
                 body = await self._get(shard, n, first.per_page, check_shape)
-                await self._keep(job, body, n, first.per_page)
+                _note(problems, contradiction(first, await self._keep(job, body, n, first.per_page), n))
 
-            await _at_once(keep(n) for n in numbers)
+            await self._lanes(numbers, keep, problems)
             encoded = await job.finish(by_account=shard.scope == "global")
         except DecodeError as e:
             log.info("shard %s: %s; fetching it again page by page", shard.key, e)
@@ -386,15 +422,19 @@ class Harvester:
                 pass
         return decode_page(body, n, per_page)
 
-    async def _stream(self, shard: Shard, first: Page) -> tuple[pa.Table | Streamed, Page, int]:
+    async def _stream(
+        self, shard: Shard, first: Page, problems: list[str]
+    ) -> tuple[pa.Table | Streamed, Page, int]:
         """A closed day too large to hold: its pages fetched a window at a time, each window
         joined in page order and written as a row group while the next one is fetched.
         Memory holds two windows, not the shard; at most two shards stream at once (each keeps
         every request slot busy), so memory does not grow with the number of big customers."""
         async with self._streams:
-            return await self._stream_pages(shard, first)
+            return await self._stream_pages(shard, first, problems)
 
-    async def _stream_pages(self, shard: Shard, first: Page) -> tuple[pa.Table | Streamed, Page, int]:
+    async def _stream_pages(
+        self, shard: Shard, first: Page, problems: list[str]
+    ) -> tuple[pa.Table | Streamed, Page, int]:
         per_page = first.per_page
         window = max(1, Collector.CHUNK // max(1, per_page))
         staged = await self._off_loop(self.lake.stage_shard, shard)
@@ -409,9 +449,10 @@ class Harvester:
         try:
             got, n = Collector(), 2
             got.add(first)
+            _note(problems, contradiction(first, first, 1))
             while True:
                 upto = min(first.pages, window if n == 2 else n + window - 1)  # page 1 is in the first
-                await self._pages_into(got, shard, range(n, upto + 1), per_page)
+                await self._pages_into(got, shard, range(n, upto + 1), first, problems)
                 pages += upto + 1 - n
                 table = await self._off_loop(got.table)  # the cast runs without the GIL
                 if writing is not None:
@@ -421,7 +462,7 @@ class Harvester:
                     seen.update(map(hash, table.column("uuid").to_pylist()))
                     sums.update(table_sums(table))
                     written += table.num_rows
-                if upto >= first.pages:
+                if upto >= first.pages or problems:
                     break
                 got, n = Collector(), upto + 1
             if writing is not None:
@@ -437,39 +478,74 @@ class Harvester:
             staged.discard()
             repeats = written - distinct
             log.info("shard %s: %d rows repeat across pages; fetching it again", shard.key, repeats)
-            return await self._walk(shard)
+            problems.clear()
+            return await self._walk(shard, problems)
         return Streamed(staged, written, dict(sums)), first, pages
 
-    async def _pages_into(self, got: Collector, shard: Shard, numbers: range, per_page: int) -> None:
-        """Fetch the given pages of a shard at once into ``got``."""
+    async def _pages_into(
+        self, got: Collector, shard: Shard, numbers: range, first: Page, problems: list[str]
+    ) -> None:
+        """Fetch the given pages of a closed day into ``got``, each checked against page 1."""
 
         async def fetch(n: int) -> None:
-            got.add(await self.page(shard, n, per_page))
+            page = await self.page(shard, n, first.per_page)
+            got.add(page)
+            _note(problems, contradiction(first, page, n))
 
-        await _at_once(fetch(n) for n in numbers)
+        await self._lanes(numbers, fetch, problems)
 
-    async def _walk(self, shard: Shard) -> tuple[pa.Table, Page, int]:
-        """Open day (or a retry): walk forward, then re-probe and catch up until whole."""
+    async def _lanes(
+        self, numbers: range, fetch: Callable[[int], Coroutine[Any, Any, None]], problems: list[str]
+    ) -> None:
+        """Fetch pages ``numbers`` through ``--concurrency`` lanes, each taking the next page
+        number when its last is done: tasks and memory do not grow with what a server says
+        ``pages`` is, and the lanes stop at the first page that contradicts page 1 (the rest
+        of the shard cannot be trusted either)."""
+        todo = iter(numbers)
+
+        async def lane() -> None:
+            for n in todo:
+                if problems:
+                    return
+                await fetch(n)
+
+        await _at_once(lane() for _ in range(min(self.cfg.concurrency, len(numbers))))
+
+    async def _walk(self, shard: Shard, problems: list[str]) -> tuple[pa.Table, Page, int]:
+        """Walk forward page by page, then re-probe and catch up until whole.
+
+        A closed day (a retry) is walked to page 1's last page, each page checked against
+        page 1. An open day's totals grow while it is walked: its walk follows the newest
+        page's count, up to twice page 1's pages and ten more (a server whose count keeps
+        growing past that is not walked for ever; the shard then does not verify)."""
+        open_day = shard.day >= self.cfg.today
         got = Collector(track_uuids=True)
         assert got.seen is not None
         first = await self.page(shard, 1, self.cfg.per_page)
         per_page = first.per_page
         got.add(first)
+        limit = first.pages * 2 + 10 if open_day else first.pages
+        if not open_day:
+            _note(problems, contradiction(first, first, 1))
         n, last = 2, first
-        while n <= last.pages:
+        while n <= min(last.pages, limit) and not problems:
             last = await self.page(shard, n, per_page)
             got.add(last)
+            if not open_day:
+                _note(problems, contradiction(first, last, n))
             n += 1
         for _ in range(self.cfg.verify_attempts * 4):
+            if problems:
+                break
             probe = await self.page(shard, 1, per_page)
             fresh = got.add(probe)
-            first = probe
+            first = probe if open_day else first
             if len(got.seen) == probe.total:
                 break
             # Calls arrived while we walked: they sit on the first pages. Walk on until a
             # page brings nothing new (or the end), then probe again.
             n = 2
-            while n <= probe.pages:
+            while n <= min(probe.pages, limit):
                 new = got.add(await self.page(shard, n, per_page))
                 fresh += new
                 if new == 0:
@@ -478,6 +554,13 @@ class Harvester:
             if fresh == 0:
                 break  # nothing new arrived: this shortfall is not drift, catching up won't heal it
         return await self._assemble(got.table, shard), first, got.pages
+
+
+def _note(problems: list[str], problem: str | None) -> None:
+    """Keep the first few contradictions a shard's pages showed (one is enough to fail it)."""
+    if problem is not None and len(problems) < 3:
+        problems.append(problem)
+        log.info("%s", problem)
 
 
 async def _at_once(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
@@ -501,6 +584,6 @@ def _first_error(eg: BaseExceptionGroup) -> BaseException:
 
     walk(eg)
     for e in flat:
-        if isinstance(e, HarvestError) and not isinstance(e, (RetriesExhausted, NotFound, StorageError)):
+        if isinstance(e, HarvestError) and not isinstance(e, ShardError):
             return e
     return flat[0]

@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import os
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +29,7 @@ import orjson
 import pyarrow as pa
 
 from harvester.crashpoints import crash_point
-from harvester.errors import LakeError, UsageError
+from harvester.errors import LakeError, UsageError, clean
 from harvester.plan import Shard
 from harvester.schema import SCHEMA
 from harvester.store import LocalStore, ObjectStore, StagedTable, open_store, parquet_bytes
@@ -106,6 +107,9 @@ class Lake:
         self._locked = False
         self._beat = 0.0
         self._checkpointed = time.monotonic()
+        self._identity: dict[str, Any] | None = None  # a new lake's _lake.json, written with its first shard
+        self._identity_lock = threading.Lock()  # commits come from several I/O threads
+        self._made_root = False  # this run created the lake's directory
 
     @property
     def where(self) -> str:
@@ -117,9 +121,12 @@ class Lake:
         self.store.check_usable()
 
     def open(self, identity: dict[str, Any]) -> None:
-        """Create, lock, check the lake holds this scope/filters, clean dead runs' leftovers."""
+        """Create, lock, check the lake holds this scope/filters, clean dead runs' leftovers.
+
+        A new lake's ``_lake.json`` is written with its first committed shard, and a run
+        that commits nothing into a directory it created leaves no directory behind."""
         self.check_usable()
-        self.store.prepare()
+        self._made_root = self.store.prepare()
         self._lock()
         try:
             self._check_identity(identity)
@@ -134,6 +141,8 @@ class Lake:
             with contextlib.suppress(Exception):  # a lock we cannot delete goes stale by itself
                 self.store.delete("_lock")
             self._locked = False
+            if self._made_root and self._identity is not None:
+                self.store.remove_root_if_empty()  # nothing was committed into a lake made for this run
 
     def _me(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "beat": time.time()}
@@ -171,25 +180,34 @@ class Lake:
         if have is None:
             if self.store.has_data():
                 raise UsageError(f"--out {self.where} holds data but no _lake.json: use an empty directory")
-            self.store.write(
-                "_lake.json", orjson.dumps(want, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-            )
+            self._identity = want
             return
         if {k: have.get(k) for k in want} != want:
             raise UsageError(
-                f"--out {self.where} holds scope={have.get('scope')} filters={have.get('filters')}, "
-                f"this run asks scope={identity.get('scope')} filters={identity.get('filters')}: "
+                f"--out {self.where} holds {_identity_text(have)}, this run asks {_identity_text(want)}: "
                 "use another --out (mixing them would duplicate or overwrite shards)"
             )
+
+    def _write_identity(self) -> None:
+        """A new lake's ``_lake.json``, before the first thing it describes is recorded."""
+        with self._identity_lock:
+            if self._identity is not None:
+                self._write_lake_json(self._identity)
+                self._identity = None
+
+    def _write_lake_json(self, doc: dict[str, Any]) -> None:
+        self.store.write("_lake.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
     def server_fact(self, key: str) -> Any:
         """A fact learnt about the API server and kept with the lake (e.g. its day window)."""
         return ((self._read_json("_lake.json") or {}).get("server") or {}).get(key)
 
     def record_server_fact(self, key: str, value: Any) -> None:
-        doc = self._read_json("_lake.json") or {}
-        doc.setdefault("server", {})[key] = value
-        self.store.write("_lake.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        with self._identity_lock:
+            doc = self._identity or self._read_json("_lake.json") or {}
+            self._identity = None
+            doc.setdefault("server", {})[key] = value
+            self._write_lake_json(doc)
 
     # -- shards --------------------------------------------------------------------------
     @staticmethod
@@ -225,6 +243,7 @@ class Lake:
         checkpoint: every 30 s, and when the lake closes. A record lost to a power cut before
         then (or torn: it reads as absent) only means the shard is harvested again; a record
         that replaces another is always written durably, so none is ever stale."""
+        self._write_identity()
         data = orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
         self.store.write(self.manifest_key(shard), data, durable=durable)
         crash_point("after-commit")
@@ -263,6 +282,14 @@ class Lake:
         except orjson.JSONDecodeError:
             return None
         return doc if isinstance(doc, dict) else None
+
+
+def _identity_text(doc: dict[str, Any]) -> str:
+    """A lake's scope and filters in one line, e.g. ``scope=partner filters={}``."""
+    filters = doc.get("filters")
+    filters = filters if isinstance(filters, dict) else {}
+    text = ",".join(f"{k}={v}" for k, v in sorted(filters.items()))
+    return f"scope={clean(doc.get('scope'), 40)} filters={{{clean(text, 120)}}}"
 
 
 def _now() -> str:

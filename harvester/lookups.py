@@ -64,21 +64,27 @@ async def _get(args: argparse.Namespace, client: Client) -> int:
 
 
 async def _accounts(args: argparse.Namespace, client: Client) -> int:
-    accounts = await discover_accounts(client)
+    listing = await discover_accounts(client)
+    accounts = listing.accounts
     if args.json:
         print(orjson.dumps(accounts).decode())
     else:
         cols = ["auth_id", "name", "timezone", "is_active", "currency"]
         print(_table(accounts, cols))
         print(f"\n{len(accounts)} accounts")
-    return 0
+    for shown_id, problem in listing.rejected.items():
+        sys.stderr.write(f"vobiz-harvest: the listing's customer id {shown_id} {problem}: left out\n")
+    return 1 if listing.rejected else 0
 
 
 async def _probe(args: argparse.Namespace, client: Client) -> int:
     day = parse_date(args.date, "--date")
     account = args.customer
     if args.scope == "partner" and not account:
-        account = (await discover_accounts(client))[0]["auth_id"]
+        found = (await discover_accounts(client)).accounts
+        if not found:
+            raise UsageError("the partner has no customers: pass --customer AUTH_ID")
+        account = found[0]["auth_id"]
     elif args.scope == "account":
         account = account or args.auth_id
     path = list_path(args.scope, account)

@@ -12,8 +12,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
+
+log = logging.getLogger("harvester.ratelimit")
+HINT_SPAN = 4.0  # a 429's named limit is trusted down to a quarter of the rate it refused
 
 
 class Pacer:
@@ -83,6 +87,7 @@ class AutoRate(Pacer):
         self._next = 0.0
         self._last_grow = clock()
         self._last_cut = -1e9
+        self._warned = False
 
     async def acquire(self) -> None:
         # Virtual scheduling: each request takes the next free slot 1/rate after the last one.
@@ -117,6 +122,7 @@ class AutoRate(Pacer):
         now = self._clock()
         self.throttles += 1
         if limit_hint is not None and limit_hint > 0:
+            limit_hint = self._plausible(limit_hint)
             self.ceiling = limit_hint if not self.named else min(self.ceiling or limit_hint, limit_hint)
             self.named = True
         elif not self.named:
@@ -129,6 +135,23 @@ class AutoRate(Pacer):
         self._set(min(self.current, self._target()))
         if self.ceiling is not None and not self.named and self.current >= self._target() * 0.999:
             self.ceiling *= 0.97  # refused again at the target itself: the limit is lower still
+
+    def _plausible(self, hint: float) -> float:
+        """A named limit held to what can be true: the rate just refused was at most a few
+        times the real limit (slow start grows 1.5× a second), so a hint far below it (say
+        ``limit: 1e-6``) is a broken or hostile answer, not a reason to crawl for an hour."""
+        low = max(self.floor, self.current / HINT_SPAN)
+        if hint >= low:
+            return min(hint, self.cap)
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "a 429 names a limit of %.3g requests/s, far below the %.1f/s just refused; using %.1f/s",
+                hint,
+                self.current,
+                low,
+            )
+        return low
 
     def describe(self) -> str:
         return f"auto (settled at {self.current:.1f}/s)"

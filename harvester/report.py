@@ -14,7 +14,7 @@ from harvester.errors import EXIT_INCOMPLETE, EXIT_OK
 def exit_code(stats: RunStats, allow_unverified: bool) -> int:
     """0 when every shard is complete; 1 when any failed, is unverified, or the run stopped."""
     c = stats.count()
-    if stats.stopped or c["failed"] or (c["unverified"] and not allow_unverified):
+    if stats.stopped or c["failed"] or stats.rejected or (c["unverified"] and not allow_unverified):
         return EXIT_INCOMPLETE
     if len(stats.results) < stats.shards_planned:
         return EXIT_INCOMPLETE
@@ -68,8 +68,12 @@ def build(
         "unverified": [
             {"shard": r.shard.key, "detail": r.detail} for r in stats.results if r.status == "unverified"
         ],
-        "failed": [{"shard": r.shard.key, "detail": r.detail} for r in stats.results if r.status == "failed"],
-        "duckdb": f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning=true);",
+        "failed": [{"shard": r.shard.key, "detail": r.detail} for r in stats.results if r.status == "failed"]
+        + [
+            {"shard": f"customer {who}", "detail": f"the listing's id {who} {why}: not harvested"}
+            for who, why in stats.rejected.items()
+        ],
+        "duckdb": f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning=true)",
     }
 
 
@@ -106,7 +110,7 @@ def render(rep: dict[str, Any]) -> str:
         ),
         ("elapsed", f"{rep['elapsed_s']:.1f} s, {rep['records_per_s']:,.0f} records/s"),
         ("lake", rep["lake"]),
-        ("query", f'duckdb -c "{rep["duckdb"]}"'),
+        ("query", f'python -c "import duckdb; print(duckdb.sql(\\"{rep["duckdb"]}\\"))"'),
     ]
     if rep["error"]:
         rows.insert(1, ("error", rep["error"]))

@@ -36,6 +36,7 @@ async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | Non
         timeout=cfg.timeout,
         connect_timeout=cfg.connect_timeout,
         policy=RetryPolicy(retries=cfg.retries),
+        max_body=cfg.max_body_mb << 20,
     )
     pool = DecodePool(cfg.decode_workers) if cfg.decode_workers > 0 else None
     harvester = Harvester(cfg, client, lake, pool)

@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -35,21 +36,29 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from harvester.crashpoints import crash_point
-from harvester.errors import HarvestError, LakeError, UsageError
+from harvester.errors import LakeError, StorageError, UsageError, shown
 
 log = logging.getLogger("harvester.store")
 BUFFER = 1 << 20  # a streamed file's writes are gathered to this size
 T = TypeVar("T")
 
 
-class StorageError(HarvestError):
-    """A storage operation still failed after its retries: fails one shard, not the run."""
-
-    exit_code = 1
-
-
 def is_uri(out: str | Path) -> bool:
     return "://" in str(out)
+
+
+# A key names a file or object under the lake's root: ``/``-separated segments of letters,
+# digits and ``_ = . -``, none of them empty, ``.`` or ``..``, the first not starting with
+# ``/``. Every name the lake writes passes here, so no key can reach outside ``--out``.
+_SEGMENT = re.compile(r"[A-Za-z0-9_=.+-]{1,200}")
+
+
+def check_key(key: str) -> str:
+    """``key`` when it names a place inside the lake, else :class:`StorageError`."""
+    segments = key.split("/")
+    if len(segments) > 8 or not all(_SEGMENT.fullmatch(seg) and seg not in (".", "..") for seg in segments):
+        raise StorageError(f"refusing the lake key {shown(key)}: it could name a place outside the lake")
+    return key
 
 
 class StagedTable:
@@ -96,9 +105,17 @@ class LocalStore:
         return str(self.root)
 
     def path(self, key: str) -> Path:
-        return self.root / key
+        return self.root / check_key(key)
 
     def check_usable(self) -> None:
+        try:
+            self._check_usable()
+        except OSError as e:  # e.g. a parent directory this user may not enter
+            raise UsageError(
+                f"--out {self.root} cannot be used ({e.strerror or e}): choose a directory you can write to"
+            ) from None
+
+    def _check_usable(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(f"--out {self.root} exists and is not a directory: choose another path")
         probe = self.root
@@ -109,11 +126,18 @@ class LocalStore:
         if not os.access(probe, os.W_OK | os.X_OK):
             raise UsageError(f"--out {self.root} is not writable (no write permission on {probe})")
 
-    def prepare(self) -> None:
+    def prepare(self) -> bool:
+        """Create the lake's directory; True when this call created it."""
         try:
+            existed = self.root.is_dir()
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise LakeError(f"cannot create {self.root}: {e.strerror}") from None
+        return not existed
+
+    def remove_root_if_empty(self) -> None:
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
 
     def read(self, key: str) -> bytes | None:
         try:
@@ -233,12 +257,20 @@ class LocalStore:
         return self.root.is_dir() and any(p.name.startswith("date=") for p in self.root.iterdir())
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` holding ``data`` unless it exists (False then). The data is written
+        to a temporary file first and linked into place: the file never exists empty, even
+        when the disk is full."""
+        final, tmp = self._tmp(key)
         try:
-            fd = os.open(self.path(key), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            with _or_cannot_write(tmp, final):
+                tmp.write_bytes(data)
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    return False
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         return True
 
     def cleanup(self) -> int:
@@ -350,6 +382,7 @@ class ObjectStore:
         return self.uri
 
     def _full(self, key: str) -> str:
+        check_key(key)
         return f"{self.base}/{key}" if self.base else key
 
     def _retry(self, what: str, op: Callable[[], T]) -> T:
@@ -372,8 +405,11 @@ class ObjectStore:
         if self.scheme == "s3" and info.type == pafs.FileType.NotFound:
             raise UsageError(f"--out {self.uri}: bucket {self.bucket!r} does not exist: create it first")
 
-    def prepare(self) -> None:
-        return None  # object stores have no directories to create
+    def prepare(self) -> bool:
+        return False  # object stores have no directories to create
+
+    def remove_root_if_empty(self) -> None:
+        return None
 
     def read(self, key: str) -> bytes | None:
         def op() -> bytes | None:

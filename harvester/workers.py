@@ -45,7 +45,7 @@ from harvester.decode import RAW, Collector, DecodeError, Page, Part, decode_pag
 from harvester.lake import WRITE_OPTIONS
 from harvester.schema import SCHEMA
 from harvester.store import parquet_bytes
-from harvester.verify import table_sums
+from harvester.verify import missing_uuids, table_sums
 
 log = logging.getLogger("harvester.workers")
 _REQUEST = struct.Struct("<QBQIIQ")
@@ -111,11 +111,13 @@ def _finished(got: Collector, by_account: bool) -> tuple[dict[str, Any], Any]:
     """``FINISH``: a kept shard joined, deduplicated and ordered as its file holds it, with
     the reconciled sums, and the Parquet file's bytes (none for an empty shard)."""
     table = order(dedupe(got.table()), by_account)
-    meta = {"kind": "encoded", "rows": table.num_rows, "sums": table_sums(table)}
+    meta = {
+        "kind": "encoded",
+        "rows": table.num_rows,
+        "missing": missing_uuids(table),
+        "sums": table_sums(table),
+    }
     return meta, parquet_bytes(table, **WRITE_OPTIONS) if table.num_rows else b""
-
-
-_FINISH_ERRORS = (DecodeError, pa.ArrowException, ValueError, TypeError, OSError)
 
 
 def _answer(
@@ -134,7 +136,7 @@ def _answer(
             return True, orjson.dumps({**_numbers(page), "kind": "kept"}), b""
         meta, payload = _decoded(page)
         return True, orjson.dumps(meta), payload
-    except _FINISH_ERRORS as e:
+    except Exception as e:  # any failure: the loop fetches and decodes that page itself
         if op == KEEP:
             jobs.pop(job, None)  # a job with a page missing is of no use: the loop drops it
         return False, orjson.dumps({"error": str(e) or type(e).__name__}), b""
@@ -186,6 +188,7 @@ class Encoded:
     rows: int
     sums: dict[str, float]
     data: bytes
+    missing: int = 0  # rows without a uuid
 
 
 _Answer = tuple[dict[str, Any], bytes]
@@ -377,7 +380,8 @@ class ShardJob:
         self._close(drop=False)
         meta, data = await self._pool._ask(self._w, FINISH, self._job, 0, 0, options)
         try:
-            return Encoded(int(meta["rows"]), {k: float(v) for k, v in meta["sums"].items()}, data)
+            sums = {k: float(v) for k, v in meta["sums"].items()}
+            return Encoded(int(meta["rows"]), sums, data, int(meta["missing"]))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise DecodeError(f"decode worker answer unreadable: {e}") from None
 
