@@ -32,7 +32,7 @@ from harvester.config import (
     validate,
 )
 from harvester.endpoints import FILTER_FLAGS, SCOPES
-from harvester.errors import EXIT_USAGE, HarvestError, UsageError
+from harvester.errors import EXIT_FATAL, EXIT_USAGE, HarvestError, UsageError, clean
 
 PROG = "vobiz-harvest"
 
@@ -298,21 +298,30 @@ def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> Ha
 
 
 def _emit(rep: dict[str, Any], args: argparse.Namespace) -> int:
+    """The report: JSON on stdout with ``--json``; on stderr the summary table, or for a
+    fatal error (exit 2-4) one line, which ``--quiet`` keeps (and so does an incomplete run,
+    as its one-line result)."""
     from harvester import report
 
+    code = int(rep["exit_code"])
     if args.json:
         sys.stdout.write(orjson.dumps(rep).decode() + "\n")
-    if not args.quiet:
+    if code >= EXIT_USAGE:
+        sys.stderr.write(f"{PROG}: error: {rep['error']}\n")
+    elif not args.quiet:
         sys.stderr.write(report.render(rep) + "\n")
-    return int(rep["exit_code"])
+    elif code:
+        sys.stderr.write(f"{PROG}: {report.one_line(rep)}\n")
+    return code
 
 
 def cmd_harvest(args: argparse.Namespace) -> int:
-    from harvester import lean
+    from harvester import lean, logs
     from harvester.progress import Progress, choose_mode
     from harvester.run import harvest
 
     cfg = harvest_config(args)
+    logs.mask_secret(cfg.auth_token)
     if args.dry_run:
         from harvester.dryrun import dry_run
 
@@ -370,6 +379,18 @@ def _sim_config(args: argparse.Namespace) -> Any:
     from harvester.sim import Dataset, SimConfig
 
     end = parse_date(args.end_date, "--end-date") if args.end_date else _utc_today() - dt.timedelta(days=1)
+    check_range("--port", args.port, 0, 65535, "use 1 to 65535, or 0 for any free port")
+    check_range("--customers", args.customers, 1, 1_000_000, "use 1 or more customers")
+    check_range("--days", args.days, 1, 3660, "use 1 to 3660 days")
+    check_range("--calls-per-day", args.calls_per_day, 0, 10_000_000, "use 0 or more calls")
+    check_range("--max-per-page", args.max_per_page, 1, 1000, "use 1 to 1000")
+    check_range("--fault-rate", args.fault_rate, 0, 1, "use a share between 0 and 1")
+    check_range("--latency-ms", args.latency_ms, 0, 600_000, "use 0 or more milliseconds")
+    check_range("--drift", args.drift, 0, 100_000, "use 0 or more calls per second")
+    if args.rate_limit is not None:
+        check_range("--rate-limit", args.rate_limit, 0.01, 1_000_000, "use more than 0 requests/s")
+    if args.burst is not None:
+        check_range("--burst", args.burst, 1, 1_000_000, "use 1 or more requests")
     data = Dataset(
         seed=args.seed,
         customers=args.customers,
@@ -396,9 +417,17 @@ def _sim_config(args: argparse.Namespace) -> Any:
 def cmd_sim(args: argparse.Namespace) -> int:
     from harvester.sim import Simulator
 
+    config = _sim_config(args)
+
     async def serve() -> None:
-        sim = Simulator(_sim_config(args))
-        url = await sim.start(args.host, args.port)
+        sim = Simulator(config)
+        try:
+            url = await sim.start(args.host, args.port)
+        except OSError as e:
+            raise UsageError(
+                f"cannot serve on {clean(args.host)}:{args.port} ({e.strerror or e}): "
+                "choose another --port (0 picks a free one) or --host"
+            ) from None
         d = sim.data
         print(
             f"Vobiz API simulator on {url}: {d.customers} customers, days "
@@ -564,8 +593,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return COMMANDS[args.command](args)
     except HarvestError as e:
-        sys.stderr.write(f"{PROG}: error: {e}\n")
-        return e.exit_code
+        return _fail(str(e), e.exit_code)
+    except OSError as e:  # the machine, not the harvest: a disk, a permission, a port
+        where = f" ({clean(e.filename, 200)})" if e.filename else ""
+        return _fail(f"{e.strerror or type(e).__name__}{where}", EXIT_FATAL)
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 1
+
+
+def _fail(message: str, code: int) -> int:
+    """One line on stderr, and the same in the log file's journal."""
+    from harvester.logs import JOURNAL
+
+    message = clean(message, 1000)
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    JOURNAL.error("run end: error (exit %d): %s", code, message)
+    return code

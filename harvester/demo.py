@@ -12,6 +12,7 @@ import orjson
 
 from harvester import loop, report
 from harvester.config import HarvestConfig
+from harvester.errors import EXIT_USAGE
 from harvester.run import harvest
 from harvester.sim import Dataset, SimConfig, Simulator
 
@@ -55,6 +56,9 @@ def demo(out: Path, as_json: bool) -> int:
         file=sys.stderr,
     )
     rep = loop.run(_run(out))
+    if rep["exit_code"] >= EXIT_USAGE:  # nothing harvested: the lake (if any) is not this demo's
+        sys.stderr.write(f"vobiz-harvest: error: {rep['error']}\n")
+        return int(rep["exit_code"])
     sys.stderr.write(report.render(rep) + "\n\n")
     if as_json:
         print(orjson.dumps(rep).decode())

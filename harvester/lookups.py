@@ -14,7 +14,7 @@ from harvester.client import Client, RetryPolicy
 from harvester.config import parse_date
 from harvester.decode import Collector, decode_json, decode_page
 from harvester.endpoints import list_params, list_path, one_path
-from harvester.errors import NotFound, UsageError
+from harvester.errors import NotFound, UsageError, clean
 from harvester.plan import discover_accounts
 from harvester.ratelimit import Pacer
 
@@ -52,12 +52,12 @@ async def _get(args: argparse.Namespace, client: Client) -> int:
     try:
         doc = await client.get(one_path(args.scope, account, args.uuid), None, decode_json, "CDR")
     except NotFound:
-        sys.stderr.write(f"vobiz-harvest: CDR {args.uuid} not found for {account}\n")
+        sys.stderr.write(f"vobiz-harvest: CDR {args.uuid} not found for {account}\n")  # both checked ids
         return 1
     if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
         doc = doc["data"]  # the account endpoint wraps the record as {data, success}
     if args.format == "table":
-        print("\n".join(f"{k:<20} {v}" for k, v in doc.items()))
+        print("\n".join(f"{clean(k, 40):<20} {clean(v, 400)}" for k, v in doc.items()))
     else:
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     return 0

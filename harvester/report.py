@@ -122,3 +122,20 @@ def render(rep: dict[str, Any]) -> str:
         rows.append(("FAILED", f"{item['shard']}: {item['detail']}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def one_line(rep: dict[str, Any]) -> str:
+    """The run's result in one line (stderr under ``--quiet``, the log file's journal)."""
+    if rep["error"]:
+        return f"{rep['status']} (exit {rep['exit_code']}): {rep['error']}"
+    s = rep["shards"]
+    text = (
+        f"{rep['status']} (exit {rep['exit_code']}): {s['planned']} shards, {s['verified']} verified, "
+        f"{s['unverified']} unverified, {len(rep['failed'])} failed; {rep['records']} records, "
+        f"{rep['requests']} requests"
+    )
+    if rep["stopped"]:
+        text += f"; stopped: {rep['stopped']} (re-run the same command to resume)"
+    elif rep["exit_code"]:
+        text += "; re-run the same command to fetch what is missing"
+    return text

@@ -16,6 +16,7 @@ from harvester.config import HarvestConfig
 from harvester.engine import Harvester
 from harvester.errors import HarvestError
 from harvester.lake import Lake
+from harvester.logs import JOURNAL
 from harvester.ratelimit import make_pacer
 from harvester.workers import DecodePool
 
@@ -57,6 +58,9 @@ async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | Non
             loop.add_signal_handler(sig, stop, signal.Signals(sig).name)
             handled.append(sig)
     deadline = loop.call_later(cfg.max_runtime, stop, "--max-runtime reached") if cfg.max_runtime else None
+    JOURNAL.info(
+        "run start: scope %s, days %s..%s, lake %s", cfg.scope, cfg.start_date, cfg.end_date, lake.where
+    )
     try:
         async with client:
             lake.open(cfg.identity)
@@ -84,6 +88,8 @@ async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | Non
         for sig in handled:
             loop.remove_signal_handler(sig)
     code = error.exit_code if error is not None else report.exit_code(harvester.stats, cfg.allow_unverified)
-    return report.build(
+    rep = report.build(
         cfg, harvester.stats, client.stats, pacer.describe(), code, str(error) if error else None
     )
+    JOURNAL.log(logging.INFO if code == 0 else logging.ERROR, "run end: %s", report.one_line(rep))
+    return rep
