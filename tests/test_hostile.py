@@ -10,7 +10,6 @@ the lake exact, or the shard reported unverified or failed, never "verified" by 
 from __future__ import annotations
 
 import gzip
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,7 +333,8 @@ ROWS = [
     Row("nan-cost", on_page_of_victim(record_change(12_345, total_cost="NaN")), 1,
         victim_fails_with("summary.total_cost"), ("--strict-sums",)),
     # 9. one bad value
-    Row("huge-int", on_page_of_victim(record_change(billsec="99999999999999999999")), 0, extra_kept("billsec")),
+    Row("huge-int", on_page_of_victim(record_change(billsec="99999999999999999999")), 0,
+        extra_kept("billsec")),
     Row("deep-nesting", on_page_of_victim(record_change(deep=orjson.loads(b"[" * 300 + b"]" * 300))), 0,
         extra_kept("deep")),
     Row("per-page-2e33", on_page_of_victim(pagination(per_page=2**33)), 1, victim_fails_with("per_page")),
