@@ -262,6 +262,8 @@ def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> Ha
             filters[name] = str(value)
     if "status" in filters:
         filters["status"] = filters["status"].replace("-", "_")
+    if not args.out.strip():
+        raise UsageError("--out is empty: name the lake's directory or s3://bucket/prefix")
     if args.min_duration is not None and args.min_duration < 0:
         raise UsageError(f"--min-duration {args.min_duration} is negative: use 0 or more seconds")
     cfg = HarvestConfig(
