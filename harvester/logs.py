@@ -54,6 +54,7 @@ class _Mask(logging.Filter):
 
 _MASK = _Mask()
 JOURNAL = logging.getLogger("harvester.journal")
+JOURNAL.addHandler(logging.NullHandler())  # before set-up, no last-resort print to stderr
 
 
 def mask_secret(secret: str) -> None:
