@@ -28,10 +28,10 @@ async def _harvest(base: str, headers: dict[str, str], days: list[str], out: Pat
     import aiohttp
     import orjson
 
-    from harvester.decode import Collector, Page, decode_page
-    from harvester.engine import dedupe, order
-    from harvester.lake import WRITE_OPTIONS
-    from harvester.store import LocalStore, parquet_bytes
+    from harvester.harvest.engine import dedupe, order
+    from harvester.lake.lake import WRITE_OPTIONS
+    from harvester.lake.store import LocalStore, parquet_bytes
+    from harvester.records.decode import Collector, Page, decode_page
 
     store = LocalStore(out)
     connector = aiohttp.TCPConnector(limit=16)
@@ -71,7 +71,7 @@ def main() -> int:
     lean.trim()  # before anything imports pyarrow, as the CLI does
     for module in ("aiohttp", "harvester.engine", "harvester.lake", "harvester.store"):
         importlib.import_module(module)  # imported before the clock starts, as in the harvester
-    from harvester.loop import run
+    from harvester.harvest.loop import run
 
     lean.settle()
     t0 = time.perf_counter()  # like the harvester's own clock: from the start of the run

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from harvester.endpoints import SCOPES, customer_id_problem
+from harvester.api.endpoints import SCOPES, customer_id_problem
 from harvester.errors import UsageError, clean, shown
 
 DEFAULT_BASE_URL = "https://api.vobiz.ai"
@@ -45,11 +46,16 @@ class HarvestConfig:
     lookback: int = 0
     refresh: bool = False
     max_runtime: float | None = None
-    decode_workers: int = 0  # processes decoding pages beside the event loop (0: decode on it)
+    decode_workers: int | str = "auto"  # processes decoding pages beside the event loop: "auto" or 0-16
     stream_rows: int = 20_000  # a closed-day shard larger than this is written as it arrives
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     max_body_mb: int = 64  # an answer larger than this (decompressed) fails its shard
+
+    @property
+    def workers(self) -> int:
+        """Decode processes this run starts (``decode_workers`` with "auto" resolved)."""
+        return parse_workers(self.decode_workers)
 
     @property
     def identity(self) -> dict[str, object]:
@@ -159,7 +165,7 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
         )
     check_range("--per-page", cfg.per_page, 1, 100, "use 1 to 100")
     check_range("--concurrency", cfg.concurrency, 1, 256, "use 1 to 256")
-    check_range("--decode-workers", cfg.decode_workers, 0, 16, "use 0 to 16 or 'auto'")
+    parse_workers(cfg.decode_workers)
     check_range("--stream-rows", cfg.stream_rows, 100, 10**9, "use 100 or more records")
     if isinstance(cfg.rate, float):
         check_range("--rate", cfg.rate, 0.01, 10_000, "use 0.01 to 10000, 'auto' or 'unlimited'")
@@ -180,11 +186,17 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
     return cfg
 
 
-def parse_workers(value: str | int) -> int:
-    """``auto`` (see :func:`harvester.workers.auto_workers`) or a number of decode workers."""
-    if str(value).strip().lower() == "auto":
-        from harvester.workers import auto_workers
+def auto_workers() -> int:
+    """Decode processes for this machine: one per core, at most 3 (one event loop fetches
+    about as fast as three decode); none on one core. The measured effect of each count is
+    in the README (``python -m benchmarks --scenario workers``)."""
+    cores = os.cpu_count() or 1
+    return 0 if cores < 2 else min(3, cores)
 
+
+def parse_workers(value: str | int) -> int:
+    """``auto`` (see :func:`auto_workers`) or a number of decode workers, 0 to 16."""
+    if str(value).strip().lower() == "auto":
         return auto_workers()
     try:
         n = int(value)
@@ -209,3 +221,8 @@ def parse_rate(value: str) -> float | str | None:
         ) from None
     check_range("--rate", rate, 0.01, 10_000, "use 0.01 to 10000, 'auto' or 'unlimited'")
     return rate
+
+
+DEFAULTS = {f.name: f.default for f in fields(HarvestConfig) if f.default is not MISSING}
+"""Every setting's default, defined once (here, by :class:`HarvestConfig`); the command
+line's flags read theirs from this."""

@@ -12,6 +12,8 @@ or permission refused; 4 any other fatal error (host unreachable, disk, lake loc
     ├── Unreachable           (4)     DNS, refused, TLS: no request got an answer
     ├── LakeError             (4)     the output cannot be used (locked, unwritable, disk full)
     ├── ListingError          (4)     the customer listing cannot be trusted (shape, bounds)
+    ├── DecodeError                   a body that is not a page (not JSON, cut short): the
+    │                                 request is retried; never seen outside the client
     └── ShardError            (1)     fails one shard; the run goes on with the others
         ├── RetriesExhausted          still failing after every retry
         ├── ApiError                  a non-retryable answer (400, 404, 410, 422, a redirect …)
@@ -58,6 +60,10 @@ class LakeError(HarvestError):
 
 class ListingError(HarvestError):
     """The partner's customer listing is malformed, unbounded or never consistent."""
+
+
+class DecodeError(HarvestError):
+    """The body is not a CDR page (not JSON, truncated, wrong shape): worth a retry."""
 
 
 class ShardError(HarvestError):

@@ -19,8 +19,8 @@ import duckdb
 import pytest
 
 from harvester.config import HarvestConfig
-from harvester.run import harvest
-from harvester.schema import FIELDS, TS
+from harvester.harvest.run import harvest_async as harvest
+from harvester.records.schema import FIELDS, TS
 from harvester.sim import Dataset, SimConfig, Simulator
 
 DAY0 = dt.date(2026, 3, 1)

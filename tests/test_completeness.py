@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harvester.lake import Lake
-from harvester.plan import Shard
-from harvester.run import harvest
+from harvester.harvest.run import harvest_async as harvest
+from harvester.lake.lake import Lake
+from harvester.records.shard import Shard
 from harvester.sim import Dataset, SimConfig, Simulator
 from tests.conftest import (
     PAST,
@@ -207,63 +207,27 @@ def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fsynced files through /proc")
-@pytest.mark.parametrize("syncfs", [True, False])  # False: a system without syncfs(2)
-async def test_first_records_are_made_durable_at_the_checkpoint(
-    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
+async def test_every_file_and_record_is_durable_when_written(
+    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every data file is fsynced (with its directory) before its record is written; a first
-    record skips its own fsyncs and is made durable at the lake's checkpoint (syncfs, or an
-    fsync per record), before the lock goes; a record that replaces one is fsynced at once."""
-    from harvester import store
-
+    """Every data file and every manifest record is fsynced before its rename, and its
+    directory after: a record is durable the moment it commits its shard."""
     sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=150, end_date=PAST)))
     out = tmp_path / "lake"
-    events: list[str] = []
-    real_syncfs = store._syncfs
-
-    def recorded_syncfs(path: Path) -> bool:
-        events.append(f"syncfs, lock {'held' if (out / '_lock').exists() else 'gone'}")
-        return real_syncfs(path) if syncfs else False
-
-    monkeypatch.setattr(store, "_syncfs", recorded_syncfs)
     synced = _fsyncs(monkeypatch)
-    rep = await run_harvest(sim, out)
+    rep = await run_harvest(sim, out, decode_workers=0)
     assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 4
     data = sorted(str(p) for p in out.rglob("cdr-*.parquet"))
     records = sorted(str(p) for p in (out / "_manifest").rglob("*.json"))
     assert len(data) == len(records) == 4
-    temps = [s for s in synced if "/.cdr-" in s]
-    assert len(temps) == 4  # each data file before its rename, then its directory:
-    assert {str(Path(p).parent) for p in data} <= set(synced)
-    assert events == ["syncfs, lock held"]  # one checkpoint, when the lake closed
-    assert not [s for s in synced if "/_manifest/" in s and s.endswith(".tmp")]  # none at commit
-    record_syncs = [s for s in synced if s.endswith(".json") and "_manifest" in s]
-    assert sorted(record_syncs) == ([] if syncfs else records)  # the fallback: one fsync each
-
+    assert len([s for s in synced if "/.cdr-" in s]) == 4  # each data file before its rename
+    assert len([s for s in synced if "/_manifest/" in s and s.endswith(".tmp")]) == 4  # each record
+    assert {str(Path(p).parent) for p in data + records} <= set(synced)  # and their directories
     synced.clear()
-    events.clear()
-    again = await run_harvest(sim, out, refresh=True)  # every record is replaced
+    again = await run_harvest(sim, out, refresh=True, decode_workers=0)  # every record is replaced
     assert again["shards"]["reharvested"] == 4
-    tmp_records = [s for s in synced if "/_manifest/" in s and s.endswith(".tmp")]
-    assert len(tmp_records) == 4  # fsynced before their rename, not left to the checkpoint
+    assert len([s for s in synced if "/_manifest/" in s and s.endswith(".tmp")]) == 4
     assert_lake_equals(out, all_records(sim))
-
-
-async def test_checkpoints_come_during_a_long_run(
-    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Records are not left waiting for the end of a long run (here: a checkpoint is due at
-    every commit)."""
-    from harvester import lake, store
-
-    monkeypatch.setattr(lake, "CHECKPOINT_SECONDS", 0.0)
-    calls: list[Path] = []
-    real = store._syncfs
-    monkeypatch.setattr(store, "_syncfs", lambda path: calls.append(path) or real(path))
-    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=150, end_date=PAST)))
-    rep = await run_harvest(sim, tmp_path / "lake", concurrency=1)
-    assert rep["shards"]["verified"] == 4
-    assert len(calls) >= 2, calls  # more than the one at the end
 
 
 # -- the lock --------------------------------------------------------------------------------

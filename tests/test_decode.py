@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 
 import orjson
 import pytest
 
-from harvester.decode import Collector, DecodeError, decode_page, records_to_batch
-from harvester.schema import SCHEMA
+from harvester.errors import DecodeError
+from harvester.records.decode import Collector, decode_page, records_to_batch
+from harvester.records.schema import SCHEMA
 from harvester.sim.data import Dataset
 
 
@@ -128,19 +127,3 @@ def test_collector_joins_pages_in_page_order_in_chunks_and_tracks_uuids() -> Non
     want = [r["uuid"] for r in recs]
     assert uuids == want[:100] + want[:100] + want[100:]  # page order, the repeat beside its page
     assert table.column("uuid").num_chunks == 3  # 200 + 200 + 200 rows
-
-
-def test_cli_trim_leaves_pandas_unloaded_yet_usable() -> None:
-    pytest.importorskip("pandas")  # installed with the 'bench' extra, not in CI's
-    code = (
-        "import sys\n"
-        "from harvester import lean\n"
-        "lean.trim()\n"
-        "import pyarrow as pa\n"
-        "from harvester.decode import records_to_batch\n"
-        "records_to_batch([{'id': 1, 'uuid': 'u'}])\n"
-        "print('pandas' in sys.modules)\n"
-        "print(type(pa.table({'a': [1]}).to_pandas()).__name__)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "DataFrame"]

@@ -8,13 +8,20 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from harvester.client import MAX_WAIT, RetryPolicy, error_message, origin, parse_retry_after, throttle_wait
+from harvester.api.client import (
+    MAX_WAIT,
+    RetryPolicy,
+    error_message,
+    origin,
+    parse_retry_after,
+    throttle_wait,
+)
+from harvester.api.endpoints import customer_id_problem
+from harvester.api.pacing import AutoRate
 from harvester.config import check_base_url
-from harvester.decode import DecodeError, Page, Part, check_shape, decode_page
-from harvester.endpoints import customer_id_problem
-from harvester.errors import BadResponse, UsageError, clean
-from harvester.ratelimit import AutoRate
-from harvester.verify import contradiction, verify, verify_counts
+from harvester.errors import BadResponse, DecodeError, UsageError, clean
+from harvester.records.decode import Page, Part, check_shape, decode_page
+from harvester.records.verify import contradiction, verify, verify_counts
 
 NOW = 1_000_000.0
 

@@ -12,12 +12,13 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from harvester import engine, workers
-from harvester.decode import Collector
-from harvester.schema import SCHEMA
+from harvester.config import auto_workers
+from harvester.harvest import fetch
+from harvester.harvest.pool import DecodePool
+from harvester.lake.store import StagedTable, StorageError
+from harvester.records.decode import Collector
+from harvester.records.schema import SCHEMA
 from harvester.sim import SimConfig
-from harvester.store import StagedTable, StorageError
-from harvester.workers import auto_workers
 from tests.conftest import (
     PAST,
     all_records,
@@ -108,9 +109,9 @@ async def test_at_most_two_shards_stream_at_once(
 ) -> None:
     monkeypatch.setattr(Collector, "CHUNK", 200)
     open_now, most = 0, 0
-    real_stream = engine.Harvester._stream_pages
+    real_stream = fetch.Fetcher._stream
 
-    async def counted(self: engine.Harvester, *args: Any) -> Any:
+    async def counted(self: fetch.Fetcher, *args: Any) -> Any:
         nonlocal open_now, most
         open_now += 1
         most = max(most, open_now)
@@ -119,7 +120,7 @@ async def test_at_most_two_shards_stream_at_once(
         finally:
             open_now -= 1
 
-    monkeypatch.setattr(engine.Harvester, "_stream_pages", counted)
+    monkeypatch.setattr(fetch.Fetcher, "_stream", counted)
     sim = await start_sim(SimConfig(dataset=dataset(customers=5, days=1, calls_per_day=700)))
     lake = tmp_path / "lake"
     rep = await run_harvest(sim, lake, stream_rows=300)
@@ -132,15 +133,15 @@ async def test_a_streamed_shard_that_does_not_verify_is_streamed_again(
     start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Collector, "CHUNK", 300)
-    real_verify = engine.verify_counts
+    real_verify = fetch.verify_counts
     calls = 0
 
-    def short_once(rows: int, *args: object) -> object:
+    def short_once(rows: int, *args: object) -> object:  # the streamed shard's first count is short
         nonlocal calls
-        calls += 1
-        return real_verify(rows - (calls == 1), *args)  # type: ignore[arg-type]
+        calls += rows > 500
+        return real_verify(rows - (rows > 500 and calls == 1), *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(engine, "verify_counts", short_once)
+    monkeypatch.setattr(fetch, "verify_counts", short_once)
     sim = await start_sim(SimConfig(dataset=_sized_dataset()))
     lake = tmp_path / "lake"
     rep = await run_harvest(sim, lake, stream_rows=500)
@@ -315,21 +316,17 @@ async def test_decode_workers_give_the_same_lake(start_sim, tmp_path: Path) -> N
     assert_lake_equals(tmp_path / "lake", all_records(sim))
 
 
-async def test_decode_workers_keep_whole_shards(
-    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A closed day's pages stay in the worker that decodes them, which joins and encodes the
-    shard: no records are sent back to the loop (that answer is made to crash the worker)."""
-
-    def records_back(page: Any) -> Any:
-        raise AssertionError("records sent back to the loop")
-
-    monkeypatch.setattr(workers, "_decoded", records_back)  # the forked workers inherit it
+async def test_with_workers_every_page_is_decoded_beside_the_loop(start_sim, tmp_path: Path) -> None:
+    """The same code path with and without workers: with them, every page is decoded in a
+    worker process (none on the loop), and the lake is the same."""
     sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=700)))
     rep = await run_harvest(sim, tmp_path / "lake", decode_workers=2)
     assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 6
     assert rep["decode_workers"] == {"processes": 2, "pages": rep["pages"]}
+    none = await run_harvest(sim, tmp_path / "none", decode_workers=0)
+    assert none["decode_workers"] == {"processes": 0, "pages": 0} and none["pages"] == rep["pages"]
     assert_lake_equals(tmp_path / "lake", all_records(sim))
+    assert_lake_equals(tmp_path / "none", all_records(sim))
 
 
 def _answer_once(sim: Any, page: str, body: bytes) -> dict[str, int]:
@@ -370,45 +367,39 @@ async def test_an_html_page_answered_200_is_fetched_again_alone(start_sim, tmp_p
     rep = await run_harvest(sim, tmp_path / "lake", decode_workers=1)
     assert rep["exit_code"] == 0 and html["left"] == 0
     assert rep["retries"] == 1
-    assert rep["decode_workers"]["pages"] == rep["pages"]  # every page kept by the worker
+    assert rep["decode_workers"]["pages"] == rep["pages"]  # every page decoded by the worker
     assert sim.shard_requests[shard] - clean == clean + 1  # the same requests, and page 3 again
     assert_lake_equals(tmp_path / "lake", all_records(sim))
 
 
-def _children() -> list[int]:
-    """Processes this one started (the decode workers, when a harvest runs in-process)."""
-    me, kids = os.getpid(), []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
-                kids.append(int(entry.name))
-    return kids
-
-
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc")
 async def test_a_decode_worker_that_dies_costs_nothing(start_sim, tmp_path: Path) -> None:
+    """Workers killed while pages are in flight (only the pool this test started): their
+    pages are fetched again and decoded on the loop, and the lake is exact."""
+    from harvester.harvest.run import harvest_async
+    from tests.conftest import config_for
+
     sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=900)))
+    pool = DecodePool(2)
+    workers = list(pool._executor._processes)  # type: ignore[attr-defined]
     original = sim._page
     killed: list[int] = []
 
     def page(request, auth_ids, envelope, pair):  # the workers die while pages are in flight
         if request.query.get("page") == "4" and not killed:
-            killed.extend(_children())
-            for pid in killed:
+            killed.extend(workers)
+            for pid in workers:
                 os.kill(pid, signal.SIGKILL)
         return original(request, auth_ids, envelope, pair)
 
     sim._page = page
-    rep = await run_harvest(sim, tmp_path / "lake", decode_workers=2)
+    try:
+        rep = await harvest_async(config_for(sim, tmp_path / "lake", decode_workers=2), pool=pool)
+    finally:
+        pool.close()
     assert len(killed) == 2, killed
     assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 4
     assert 0 < rep["decode_workers"]["pages"] < rep["pages"]  # the rest were decoded on the loop
     assert_lake_equals(tmp_path / "lake", all_records(sim))
-    assert _children() == []  # reaped
 
 
 async def test_the_default_cli_harvest_decodes_in_workers(start_sim, tmp_path: Path) -> None:
@@ -421,23 +412,3 @@ async def test_the_default_cli_harvest_decodes_in_workers(start_sim, tmp_path: P
     assert rep["decode_workers"]["processes"] == auto_workers()
     assert rep["decode_workers"]["pages"] == (rep["pages"] if auto_workers() else 0)
     assert_lake_equals(out, all_records(sim))
-
-
-async def test_a_worker_answer_out_of_step_turns_the_workers_off(
-    start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """An answer the loop cannot read (here: meta that is not JSON) fails that worker's pages,
-    which are fetched again and decoded on the loop; nothing hangs and the lake is exact."""
-    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=700)))
-    answer = workers._answer
-
-    def garbled(jobs: Any, op: int, job: int, asked_page: int, per_page: int, body: Any) -> Any:
-        ok, meta, payload = answer(jobs, op, job, asked_page, per_page, body)
-        return (ok, b"not json", payload) if asked_page == 3 else (ok, meta, payload)
-
-    monkeypatch.setattr(workers, "_answer", garbled)  # the forked workers inherit it
-    rep = await run_harvest(sim, tmp_path / "lake", decode_workers=1)
-    assert "answer unreadable" in caplog.text  # the garbled answer, not a worker that crashed
-    assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 4
-    assert rep["decode_workers"]["pages"] < rep["pages"]
-    assert_lake_equals(tmp_path / "lake", all_records(sim))

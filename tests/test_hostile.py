@@ -393,7 +393,9 @@ def test_every_name_the_lake_writes_stays_inside(tmp_path: Path) -> None:
     """The one function every lake key passes refuses whatever could leave the lake, on a
     local directory and on an object store alike."""
     from harvester.errors import StorageError
-    from harvester.store import LocalStore, ObjectStore, check_key
+    from harvester.lake.local import LocalStore
+    from harvester.lake.objects import ObjectStore
+    from harvester.lake.store import check_key
 
     for good in (
         "_lake.json",

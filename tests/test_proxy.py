@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from harvester.client import env_proxy
+from harvester.api.client import env_proxy
 from harvester.sim import SimConfig
 from tests.conftest import PAST, all_records, assert_lake_equals, cli, dataset, sim_args, sim_env
 

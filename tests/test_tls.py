@@ -7,8 +7,6 @@ import datetime as dt
 import ipaddress
 import os
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -106,20 +104,3 @@ async def test_https_harvest_refuses_a_certificate_no_trusted_ca_signed(
     assert rep["requests"] == 1  # not retried: no retry makes a certificate trusted
     assert "Traceback" not in err and sim.config.auth_token not in out + err
     assert not sim.shard_requests and not list((tmp_path / "lake").rglob("*.parquet"))
-
-
-def test_cli_start_up_reads_no_ca_certificate(pki) -> None:  # type: ignore[no-untyped-def]
-    code = (
-        "from harvester import lean\n"
-        "lean.trim()\n"
-        "import ssl, aiohttp.connector as c\n"
-        "ctx = c._SSL_CONTEXT_VERIFIED\n"  # the context aiohttp verifies servers with by default
-        "print(ctx.cert_store_stats()['x509_ca'], ctx.verify_mode == ssl.CERT_REQUIRED, ctx.check_hostname)\n"
-        "ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname='127.0.0.1')\n"
-        "print(ctx.cert_store_stats()['x509_ca'])\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSL_CERT_")} | {
-        "SSL_CERT_FILE": str(pki["ca"])
-    }
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert out.stdout.split() == ["0", "True", "True", "1"]  # none at start-up, the one CA when first used

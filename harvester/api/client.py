@@ -40,17 +40,17 @@ import aiohttp
 import orjson
 
 from harvester import __version__
-from harvester.decode import DecodeError
+from harvester.api.pacing import Pacer
 from harvester.errors import (
     ApiError,
     AuthError,
     BadResponse,
+    DecodeError,
     NotFound,
     RetriesExhausted,
     Unreachable,
     clean,
 )
-from harvester.ratelimit import Pacer
 
 T = TypeVar("T")
 log = logging.getLogger("harvester.client")

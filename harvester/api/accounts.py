@@ -1,62 +1,21 @@
-"""What to fetch: account discovery, and shards of (account or global feed) × one day.
-
-A shard is the smallest unit the API filters on. Shards are fetched, written, committed and
-verified on their own, which gives parallelism, resume and idempotence.
-"""
+"""The partner's customers: ``GET /api/v1/partner/accounts``, every page, bounded and
+checked, with nothing kept of an account but harmless fields (never its token)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from harvester.client import Client
-from harvester.decode import decode_json
-from harvester.endpoints import ACCOUNTS, accounts_params, customer_id_problem
+from harvester.api.client import Client
+from harvester.api.endpoints import ACCOUNTS, accounts_params, customer_id_problem
 from harvester.errors import ListingError, clean, shown
+from harvester.records.decode import decode_json
 
-log = logging.getLogger("harvester.plan")
+log = logging.getLogger("harvester.api.accounts")
 
 # The only account fields ever kept: the listing also carries each customer's auth_token.
 SAFE_ACCOUNT_FIELDS = ("auth_id", "name", "timezone", "is_active", "enabled", "created_at")
-
-
-@dataclass(frozen=True, order=True)
-class Shard:
-    """One day of one account's CDRs (``account`` None = the global partner feed)."""
-
-    day: dt.date
-    scope: str
-    account: str | None
-
-    @property
-    def who(self) -> str:
-        return self.account or "global"
-
-    @property
-    def key(self) -> str:
-        return f"{self.day.isoformat()}/{self.who}"
-
-    @property
-    def file_name(self) -> str:
-        return f"cdr-{self.who}.parquet"
-
-
-def days(start: dt.date, end: dt.date) -> Iterator[dt.date]:
-    """Every day from ``start`` to ``end``, inclusive."""
-    d = start
-    while d <= end:
-        yield d
-        d += dt.timedelta(days=1)
-
-
-def shards_for(scope: str, accounts: Iterable[str | None], span: Iterable[dt.date]) -> list[Shard]:
-    """The cross product, newest day first (recent data lands first)."""
-    span = list(span)
-    accounts = list(accounts)
-    return [Shard(day, scope, acc) for day in sorted(span, reverse=True) for acc in accounts]
 
 
 def safe_account(raw: dict[str, Any]) -> dict[str, Any]:

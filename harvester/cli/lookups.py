@@ -9,14 +9,15 @@ from typing import Any
 
 import orjson
 
-from harvester import loop
-from harvester.client import Client, RetryPolicy
+from harvester.api.accounts import discover_accounts
+from harvester.api.client import Client, RetryPolicy
+from harvester.api.endpoints import SCOPES, list_params, list_path, one_path
+from harvester.api.pacing import Pacer
+from harvester.cli.common import add_source, check_source, token
 from harvester.config import parse_date
-from harvester.decode import Collector, decode_json, decode_page
-from harvester.endpoints import list_params, list_path, one_path
 from harvester.errors import NotFound, UsageError, clean
-from harvester.plan import discover_accounts
-from harvester.ratelimit import Pacer
+from harvester.harvest import loop
+from harvester.records.decode import Collector, decode_json, decode_page
 
 
 def _client(args: argparse.Namespace, token: str, base_url: str) -> Client:
@@ -140,11 +141,45 @@ async def _probe(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, token: str, base_url: str) -> int:
+def command(args: argparse.Namespace) -> int:
+    """``get``, ``accounts`` or ``probe-dates``, by ``args.command``."""
     handler = {"get": _get, "accounts": _accounts, "probe-dates": _probe}[args.command]
+    base_url = check_source(args)
 
     async def go() -> int:
-        async with _client(args, token, base_url) as client:
+        async with _client(args, token(args), base_url) as client:
             return await handler(args, client)
 
     return loop.run(go())
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("get", help="fetch one CDR by uuid", description="Fetch one CDR by its uuid.")
+    p.add_argument("uuid")
+    p.add_argument(
+        "--customer",
+        required=False,
+        metavar="AUTH_ID",
+        help="the customer's auth_id (partner endpoint); omit with --scope account",
+    )
+    p.add_argument("--scope", default="partner", choices=["partner", "account"])
+    p.add_argument("--format", default="json", choices=["json", "table"])
+    add_source(p)
+    a = sub.add_parser(
+        "accounts",
+        help="list the partner's customers",
+        description="List the partner's customers (never their tokens).",
+    )
+    a.add_argument("--json", action="store_true")
+    add_source(a)
+    d = sub.add_parser(
+        "probe-dates",
+        help="show how the server buckets one day",
+        description="Fetch one day and report the earliest and latest start_time "
+        "returned, to see which time zone the API's day filter uses.",
+    )
+    d.add_argument("--date", required=True, help="YYYY-MM-DD")
+    d.add_argument("--scope", default="partner", choices=list(SCOPES))
+    d.add_argument("--customer", metavar="AUTH_ID", help="customer (partner scope); default: the first")
+    d.add_argument("--json", action="store_true")
+    add_source(d)

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from harvester.engine import Harvester
+from harvester.harvest.engine import Harvester
 
 log = logging.getLogger("harvester.progress")
 
@@ -59,16 +59,16 @@ class Progress:
             self.tick()
 
     def snapshot(self) -> dict[str, Any]:
-        s, c = self.h.stats, self.h.client.stats
+        s, c, counts = self.h.stats, self.h.client.stats, self.h.fetcher.counts
         now = time.monotonic()
         when, records, requests = self._last
         dt = max(1e-9, now - when)
-        self._last = (now, s.fetched, c.requests)
+        self._last = (now, counts.fetched, c.requests)
         pacer = self.h.client.pacer
         return {
             "done": len(s.results),
             "total": s.shards_planned,
-            "pages": s.pages,
+            "pages": counts.pages,
             "records": self._last[1],
             "records_per_s": (self._last[1] - records) / dt,
             "requests_per_s": (c.requests - requests) / dt,

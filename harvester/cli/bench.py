@@ -19,14 +19,16 @@ from typing import Any
 
 import orjson
 
-from harvester import loop
-from harvester.client import Client, RetryPolicy
+from harvester.api.accounts import discover_accounts
+from harvester.api.client import Client, RetryPolicy
+from harvester.api.endpoints import SCOPES, list_params, list_path
+from harvester.api.pacing import make_pacer
+from harvester.cli.common import add_source, check_source
+from harvester.cli.common import token as auth_token
 from harvester.config import parse_date, parse_rate
-from harvester.decode import decode_page
-from harvester.endpoints import list_params, list_path
 from harvester.errors import UsageError
-from harvester.plan import discover_accounts
-from harvester.ratelimit import make_pacer
+from harvester.harvest import loop
+from harvester.records.decode import decode_page
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -207,7 +209,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
-def main(args: argparse.Namespace, token: str, base_url: str) -> int:
+def command(args: argparse.Namespace) -> int:
+    base_url = check_source(args)
+    token = auth_token(args)
     if not args.auth_id or not token:
         raise UsageError("no credentials: set VOBIZ_AUTH_ID and VOBIZ_AUTH_TOKEN (or the flags)")
     if args.plot is not None and args.plot.parent and not args.plot.parent.exists():
@@ -219,3 +223,28 @@ def main(args: argparse.Namespace, token: str, base_url: str) -> int:
     if args.plot is not None:
         plot(result, args.plot)
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    b = sub.add_parser(
+        "bench",
+        help="pagination throughput of one shard at rising concurrency",
+        description="Fetch the same shard at each concurrency level within --rate and "
+        "report pages/s, records/s, latency p50/p95/p99 and 429s.",
+    )
+    b.add_argument("--date", help="the shard's day, YYYY-MM-DD (default: yesterday UTC)")
+    b.add_argument("--scope", default="partner", choices=list(SCOPES))
+    b.add_argument("--customer", metavar="AUTH_ID", help="partner scope: the customer (default: the first)")
+    b.add_argument("--levels", default="1,2,4,8,16,32", help="concurrency levels (default %(default)s)")
+    b.add_argument("--rate", default="unlimited", help="requests/s cap for every level (default unlimited)")
+    b.add_argument("--per-page", type=int, default=100, choices=range(1, 101), metavar="1-100")
+    b.add_argument("--max-pages", type=int, default=200, help="pages per level at most (default 200)")
+    b.add_argument("--json", action="store_true", help="the result as one JSON object on stdout")
+    b.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="draw records/s and p95 latency against concurrency (needs the plot extra)",
+    )
+    add_source(b)

@@ -7,39 +7,79 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
-from harvester import report
-from harvester.client import Client, RetryPolicy
+from harvester.api.client import Client, RetryPolicy
+from harvester.api.pacing import make_pacer
 from harvester.config import HarvestConfig
-from harvester.engine import Harvester
 from harvester.errors import HarvestError
-from harvester.lake import Lake
+from harvester.harvest import loop, report
+from harvester.harvest.engine import Harvester
+from harvester.harvest.pool import DecodePool
+from harvester.lake.lake import Lake
 from harvester.logs import JOURNAL
-from harvester.ratelimit import make_pacer
-from harvester.workers import DecodePool
 
-log = logging.getLogger("harvester.run")
+log = logging.getLogger("harvester.harvest.run")
 
 
-async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | None = None) -> dict[str, Any]:
-    """Run one harvest; returns the report (its ``exit_code`` is the process exit code)."""
-    lake = Lake(cfg.out, cfg.s3_endpoint_url, cfg.s3_region)
-    lake.check_usable()
-    pacer = make_pacer(cfg.rate)
-    client = Client(
+def client_for(cfg: HarvestConfig) -> Client:
+    """The API client a run with these settings uses (not yet opened)."""
+    return Client(
         cfg.base_url,
         cfg.auth_id,
         cfg.auth_token,
-        pacer,
+        make_pacer(cfg.rate),
         concurrency=cfg.concurrency,
         timeout=cfg.timeout,
         connect_timeout=cfg.connect_timeout,
         policy=RetryPolicy(retries=cfg.retries),
         max_body=cfg.max_body_mb << 20,
     )
-    pool = DecodePool(cfg.decode_workers) if cfg.decode_workers > 0 else None
+
+
+Report = dict[str, Any]
+"""A run's facts with stable keys (the ``--json`` object; documented in the README)."""
+
+
+def run_harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | None = None) -> Report:
+    """Run one harvest from synchronous code (a script, a notebook, an Airflow task): the
+    decode workers start first, then the event loop runs the harvest. Returns the report;
+    its ``exit_code`` is what the command line exits with."""
+    pool = DecodePool(cfg.workers) if cfg.workers else None
+    try:
+        return loop.run(harvest_async(cfg, progress, pool))
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+async def harvest_async(
+    cfg: HarvestConfig,
+    progress: Callable[[Harvester], Any] | None = None,
+    pool: DecodePool | None = None,
+) -> Report:
+    """Run one harvest inside a running event loop. Without ``pool``, one is started here
+    (from a thread, so the loop keeps running) when ``cfg`` asks for decode workers, and
+    stopped when the harvest ends."""
+    own_pool = pool is None and cfg.workers > 0
+    if own_pool:
+        pool = await asyncio.get_running_loop().run_in_executor(None, DecodePool, cfg.workers)
+    try:
+        return await _harvest(cfg, progress, pool)
+    finally:
+        if own_pool and pool is not None:
+            pool.close()
+
+
+async def _harvest(
+    cfg: HarvestConfig, progress: Callable[[Harvester], Any] | None, pool: DecodePool | None
+) -> Report:
+    lake = Lake(cfg.out, cfg.s3_endpoint_url, cfg.s3_region)
+    lake.check_usable()
+    client = client_for(cfg)
+    pacer = client.pacer
     harvester = Harvester(cfg, client, lake, pool)
     error: HarvestError | None = None
     task = asyncio.current_task()
@@ -58,6 +98,7 @@ async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | Non
             loop.add_signal_handler(sig, stop, signal.Signals(sig).name)
             handled.append(sig)
     deadline = loop.call_later(cfg.max_runtime, stop, "--max-runtime reached") if cfg.max_runtime else None
+    started = time.monotonic()
     JOURNAL.info(
         "run start: scope %s, days %s..%s, lake %s", cfg.scope, cfg.start_date, cfg.end_date, lake.where
     )
@@ -83,13 +124,11 @@ async def harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | Non
     finally:
         if deadline:
             deadline.cancel()
-        if pool is not None:
-            await pool.close()
         for sig in handled:
             loop.remove_signal_handler(sig)
     code = error.exit_code if error is not None else report.exit_code(harvester.stats, cfg.allow_unverified)
     rep = report.build(
-        cfg, harvester.stats, client.stats, pacer.describe(), code, str(error) if error else None
+        cfg, harvester, client.stats, pacer.describe(), code, str(error) if error else None, started
     )
     JOURNAL.log(logging.INFO if code == 0 else logging.ERROR, "run end: %s", report.one_line(rep))
     return rep

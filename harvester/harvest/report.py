@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from harvester.client import ClientStats
+from harvester.api.client import ClientStats
 from harvester.config import HarvestConfig
-from harvester.engine import RunStats
 from harvester.errors import EXIT_INCOMPLETE, EXIT_OK
+from harvester.harvest.engine import Harvester, RunStats
 
 
 def exit_code(stats: RunStats, allow_unverified: bool) -> int:
@@ -23,14 +23,16 @@ def exit_code(stats: RunStats, allow_unverified: bool) -> int:
 
 def build(
     cfg: HarvestConfig,
-    stats: RunStats,
+    harvester: Harvester,
     client: ClientStats,
     rate: str,
     code: int,
-    error: str | None = None,
+    error: str | None,
+    started: float,
 ) -> dict[str, Any]:
     """The run's facts, with stable keys (documented in the README)."""
-    elapsed = max(1e-9, time.monotonic() - stats.started)
+    stats, counts = harvester.stats, harvester.fetcher.counts
+    elapsed = max(1e-9, time.monotonic() - started)
     c = stats.count()
     glob = f"{cfg.out}/**/*.parquet"
     return {
@@ -54,7 +56,7 @@ def build(
             "reharvested": c["action:reharvested"],
             "rechecked": c["action:rechecked"],
         },
-        "pages": stats.pages,
+        "pages": counts.pages,
         "records": stats.records,
         "bytes_written": stats.bytes,
         "requests": client.requests,
@@ -64,7 +66,7 @@ def build(
         "records_per_s": round(stats.records / elapsed, 1),
         "requests_per_s": round(client.requests / elapsed, 2),
         "rate": rate,
-        "decode_workers": {"processes": cfg.decode_workers, "pages": stats.worker_pages},
+        "decode_workers": {"processes": cfg.workers, "pages": counts.worker_pages},
         "unverified": [
             {"shard": r.shard.key, "detail": r.detail} for r in stats.results if r.status == "unverified"
         ],

@@ -25,8 +25,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from harvester.errors import BadResponse, shown
-from harvester.schema import ARROW_TYPES, FIELD_NAMES, FIELDS, INT, KNOWN, SCHEMA, TIMESTAMP, TS
+from harvester.errors import BadResponse, DecodeError, shown
+from harvester.records.schema import ARROW_TYPES, FIELD_NAMES, FIELDS, INT, KNOWN, SCHEMA, TIMESTAMP, TS
 
 _UUID = FIELD_NAMES.index("uuid")
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
@@ -42,10 +42,6 @@ RAW = pa.struct(
     ]
 )
 _TARGET = pa.struct([pa.field(name, ARROW_TYPES[kind]) for name, kind in FIELDS])
-
-
-class DecodeError(ValueError):
-    """The body is not a CDR page (not JSON, truncated, wrong shape): worth a retry."""
 
 
 @dataclass(frozen=True)

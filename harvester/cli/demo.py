@@ -8,12 +8,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import duckdb
 import orjson
 
-from harvester import loop, report
 from harvester.config import HarvestConfig
 from harvester.errors import EXIT_USAGE
-from harvester.run import harvest
+from harvester.harvest import loop, report
+from harvester.harvest.run import harvest_async
 from harvester.sim import Dataset, SimConfig, Simulator
 
 DEMO_QUERY = """
@@ -42,15 +43,23 @@ async def _run(out: Path) -> dict[str, Any]:
             rate=None,
             filters=MappingProxyType({}),
         )
-        return await harvest(cfg)
+        return await harvest_async(cfg)
     finally:
         await sim.stop()
 
 
+def add_parser(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="harvest from the embedded simulator and query the result")
+    demo.add_argument("--out", type=Path, default=Path("demo-lake"))
+    demo.add_argument("--json", action="store_true")
+
+
+def command(args: Any) -> int:
+    return demo(args.out, args.json)
+
+
 def demo(out: Path, as_json: bool) -> int:
     """Harvest a small partner data set into ``out`` and print a DuckDB query over it."""
-    import duckdb
-
     print(
         f"Harvesting 4 customers × 3 days from the embedded Vobiz API simulator into {out}/ ...",
         file=sys.stderr,

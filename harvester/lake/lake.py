@@ -7,10 +7,10 @@ Layout (a local directory, or an object-store prefix such as ``s3://bucket/cdr``
     <out>/_manifest/date=YYYY-MM-DD/<who>.json one small record per committed shard
     <out>/date=YYYY-MM-DD/cdr-<who>.parquet    one file per non-empty shard
 
-A shard's file appears whole or not at all (see :mod:`harvester.store`), and only then is it
-recorded in the manifest: a reader that trusts the manifest never sees a partial shard, and a
-re-run replaces, never duplicates. Names that start with ``_`` or ``.`` are skipped by Spark
-and DuckDB readers of the lake.
+A shard's file appears whole or not at all (see :mod:`harvester.lake.store`), and only then
+is it recorded in the manifest, durably: a reader that trusts the manifest never sees a
+partial shard, and a re-run replaces, never duplicates. Names that start with ``_`` or ``.``
+are skipped by Spark and DuckDB readers of the lake.
 """
 
 from __future__ import annotations
@@ -24,36 +24,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pyarrow as pa
 
-from harvester.crashpoints import crash_point
 from harvester.errors import LakeError, UsageError, clean
-from harvester.plan import Shard
-from harvester.schema import SCHEMA
-from harvester.store import LocalStore, ObjectStore, StagedTable, open_store, parquet_bytes
+from harvester.lake.crashpoints import crash_point
+from harvester.lake.local import LocalStore
+from harvester.lake.objects import ObjectStore
+from harvester.lake.store import StagedTable, Store, is_uri
+from harvester.records.encoding import WRITE_OPTIONS, parquet_bytes
+from harvester.records.schema import SCHEMA
+from harvester.records.shard import Shard
 
 FORMAT = 1
-# Low-cardinality columns only: dictionary-encoding uuids and numbers is wasted work per file.
-DICTIONARY_COLUMNS = [
-    "account_id",
-    "call_direction",
-    "currency",
-    "hangup_cause",
-    "hangup_cause_name",
-    "hangup_disposition",
-    "hangup_source",
-    "failure_code",
-    "failure_reason",
-    "sip_user_agent",
-    "codec",
-    "context",
-    "region",
-    "origination_region",
-    "trunk_id",
-    "campaign_id",
-]
+STALE_LOCK_SECONDS = 600  # a lock not refreshed for this long (another host) is stale
 
 
 def _pid_alive(pid: int) -> bool:
@@ -66,47 +52,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-STALE_LOCK_SECONDS = 600  # a lock not refreshed for this long (another host) is stale
-CHECKPOINT_SECONDS = 30.0  # first manifest records are made durable at least this often
-# Integers and timestamps are delta-encoded (a day's times and ids are close together): smaller
-# than zstd over plain values, and cheaper. zstd for the text and floats, where it pays;
-# dictionary-encoded columns are a few bytes of indices per page that zstd does not shrink.
-# Measured on the loopback lake: -0.6 ms per file and 1.5% fewer bytes than zstd everywhere.
-DELTA_COLUMNS = [f.name for f in SCHEMA if pa.types.is_integer(f.type) or pa.types.is_timestamp(f.type)]
-COMPRESSION = {
-    f.name: "none" if f.name in [*DICTIONARY_COLUMNS, *DELTA_COLUMNS, "_extra"] else "zstd" for f in SCHEMA
-}
-# Min/max statistics where a reader can prune with them: numbers, timestamps, and account_id
-# (a global-feed file is ordered by account). Text such as uuids, phone numbers and names
-# spans nearly its whole range in every file, so its statistics would never skip a row group;
-# leaving them out makes a file 10% cheaper to encode (2.36 → 2.14 ms a file) and 1.6% smaller.
-STATISTICS_COLUMNS = [f.name for f in SCHEMA if not pa.types.is_string(f.type)] + ["account_id"]
-WRITE_OPTIONS: dict[str, Any] = {
-    "compression": COMPRESSION,
-    "column_encoding": dict.fromkeys(DELTA_COLUMNS, "DELTA_BINARY_PACKED"),
-    "row_group_size": 128 * 1024,
-    "coerce_timestamps": "us",
-    "allow_truncated_timestamps": False,
-    "use_dictionary": DICTIONARY_COLUMNS,
-    "write_statistics": STATISTICS_COLUMNS,
-}
-
-
 class Lake:
     """A lake on a store (opened for one run: lock, identity check, cleanup)."""
 
     def __init__(
         self,
-        out: str | Path | LocalStore | ObjectStore,
+        out: str | Path | Store,
         endpoint_url: str | None = None,
         region: str | None = None,
     ) -> None:
-        self.store = (
-            out if isinstance(out, (LocalStore, ObjectStore)) else open_store(out, endpoint_url, region)
-        )
+        self.store: Store = open_store(out, endpoint_url, region) if isinstance(out, (str, Path)) else out
         self._locked = False
         self._beat = 0.0
-        self._checkpointed = time.monotonic()
         self._identity: dict[str, Any] | None = None  # a new lake's _lake.json, written with its first shard
         self._identity_lock = threading.Lock()  # commits come from several I/O threads
         self._made_root = False  # this run created the lake's directory
@@ -137,7 +94,6 @@ class Lake:
 
     def close(self) -> None:
         if self._locked:
-            self.checkpoint()  # every record this run committed is durable before the lock goes
             with contextlib.suppress(Exception):  # a lock we cannot delete goes stale by itself
                 self.store.delete("_lock")
             self._locked = False
@@ -220,7 +176,7 @@ class Lake:
 
     def write_shard(self, shard: Shard, table: pa.Table) -> int:
         """Encode a shard's table and write its file (see :meth:`write_shard_file`)."""
-        return self.write_shard_file(shard, parquet_bytes(table, **WRITE_OPTIONS) if table.num_rows else b"")
+        return self.write_shard_file(shard, parquet_bytes(table) if table.num_rows else b"")
 
     def write_shard_file(self, shard: Shard, data: bytes | pa.Buffer) -> int:
         """Write a shard's encoded file (here or by a decode worker) so it appears whole; an
@@ -236,25 +192,14 @@ class Lake:
         options = {k: v for k, v in WRITE_OPTIONS.items() if k != "row_group_size"}
         return self.store.stage_table(self.file_key(shard), SCHEMA, **options)
 
-    def commit(self, shard: Shard, record: dict[str, Any], durable: bool = True) -> None:
-        """Record a shard as committed (after its file is durable in place).
-
-        ``durable=False`` (a shard's first record) leaves the record's fsyncs to the next
-        checkpoint: every 30 s, and when the lake closes. A record lost to a power cut before
-        then (or torn: it reads as absent) only means the shard is harvested again; a record
-        that replaces another is always written durably, so none is ever stale."""
+    def commit(self, shard: Shard, record: dict[str, Any]) -> None:
+        """Record a shard as committed, after its file is in place; the record is durable
+        (fsynced, or uploaded) when this returns."""
         self._write_identity()
         data = orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-        self.store.write(self.manifest_key(shard), data, durable=durable)
+        self.store.write(self.manifest_key(shard), data)
         crash_point("after-commit")
-        if not durable and time.monotonic() - self._checkpointed > CHECKPOINT_SECONDS:
-            self.checkpoint()
         self.heartbeat()
-
-    def checkpoint(self) -> None:
-        """Make every record committed with ``durable=False`` durable."""
-        self._checkpointed = time.monotonic()
-        self.store.checkpoint()
 
     def committed(self, shard: Shard) -> dict[str, Any] | None:
         return self._read_json(self.manifest_key(shard))
@@ -282,6 +227,15 @@ class Lake:
         except orjson.JSONDecodeError:
             return None
         return doc if isinstance(doc, dict) else None
+
+
+def open_store(out: str | Path, endpoint_url: str | None = None, region: str | None = None) -> Store:
+    """The store for ``--out``: a URI → :class:`ObjectStore`, else :class:`LocalStore`."""
+    if is_uri(out):
+        if str(out).startswith("file://"):
+            return LocalStore(Path(urlsplit(str(out)).path))
+        return ObjectStore(str(out), endpoint_url, region)
+    return LocalStore(Path(out))
 
 
 def _identity_text(doc: dict[str, Any]) -> str:

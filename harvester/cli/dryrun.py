@@ -2,53 +2,49 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections import Counter
 from typing import Any
 
 import orjson
 
-from harvester import loop
-from harvester.client import Client, RetryPolicy
 from harvester.config import HarvestConfig
-from harvester.engine import Harvester
-from harvester.lake import Lake
-from harvester.ratelimit import make_pacer
+from harvester.harvest import loop
+from harvester.harvest.engine import Harvester
+from harvester.harvest.fetch import at_once
+from harvester.harvest.run import client_for
+from harvester.lake.lake import Lake
+from harvester.records.decode import Page
 
 
 async def plan_only(cfg: HarvestConfig, probe: bool) -> dict[str, Any]:
     """Discover accounts, plan shards against any existing manifest, optionally probe."""
-    client = Client(
-        cfg.base_url,
-        cfg.auth_id,
-        cfg.auth_token,
-        make_pacer(cfg.rate),
-        concurrency=cfg.concurrency,
-        timeout=cfg.timeout,
-        connect_timeout=cfg.connect_timeout,
-        policy=RetryPolicy(retries=cfg.retries),
-    )
+    client = client_for(cfg)
     async with client:
-        h = Harvester(
-            cfg, client, Lake(cfg.out, cfg.s3_endpoint_url, cfg.s3_region)
-        )  # the lake is only read (manifest), never opened
-        accounts = await h.accounts()
-        planned = h.plan(accounts)
-        await h.day_window(planned, record=False)
-        modes = Counter(mode for _, mode in planned)
+        # The lake is only read (its manifest), never opened, locked or written.
+        h = Harvester(cfg, client, Lake(cfg.out, cfg.s3_endpoint_url, cfg.s3_region))
+        planned = await h.plan()
+        accounts = sorted({p.shard.account for p in planned if p.shard.account})
+        await h.learn_window(planned, record=False)
+        modes = Counter(p.mode for p in planned)
         requests = modes["harvest"] + modes["recheck"]
         records = None
         if probe:
-            todo = [s for s, mode in planned if mode == "harvest"]
-            firsts = await asyncio.gather(*(h.page(s, 1, cfg.per_page) for s in todo))
+            todo = iter([p.shard for p in planned if p.mode == "harvest"])
+            firsts: list[Page] = []
+
+            async def lane() -> None:
+                for shard in todo:
+                    firsts.append(await h.fetcher.page(shard, 1, cfg.per_page))
+
+            await at_once(lane() for _ in range(cfg.concurrency))
             requests = sum(max(1, p.pages) for p in firsts) + modes["recheck"]
             records = sum(p.total for p in firsts)
     rate = cfg.rate if isinstance(cfg.rate, float) else None
     return {
         "dry_run": True,
         "scope": cfg.scope,
-        "customers": [a for a in accounts if a],
+        "customers": accounts,
         "start_date": cfg.start_date.isoformat(),
         "end_date": cfg.end_date.isoformat(),
         "days": (cfg.end_date - cfg.start_date).days + 1,

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from harvester.decode import Page
+from harvester.records.decode import Page
 
 # our sum column -> the summary key the API reports it under
 SUM_KEYS = {

@@ -1,0 +1,203 @@
+"""One run over one lake, in this order: accounts → plan → day window → for each shard:
+fetch (staged) → verify → publish → commit.
+
+Shards run through ``--concurrency + 4`` lanes that take the next planned shard when their
+last is done, so tasks do not grow with the plan. Each shard ends in one
+:class:`ShardResult`; a :class:`~harvester.errors.ShardError` fails that shard only, and any
+other error ends the run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from harvester.api.accounts import discover_accounts
+from harvester.api.client import Client
+from harvester.config import HarvestConfig
+from harvester.errors import ShardError, UsageError, shown
+from harvester.harvest import window
+from harvester.harvest.fetch import Fetched, Fetcher, at_once
+from harvester.harvest.plan import RECHECK, SKIP, Planned, plan
+from harvester.harvest.pool import DecodePool
+from harvester.lake.lake import Lake
+from harvester.records.shard import Shard
+
+log = logging.getLogger("harvester.harvest.engine")
+
+
+@dataclass
+class ShardResult:
+    """How one shard ended."""
+
+    shard: Shard
+    status: str  # verified | unverified | failed | skipped | unchanged
+    action: str  # harvested | reharvested | rechecked | skipped
+    rows: int = 0
+    pages: int = 0
+    bytes: int = 0
+    detail: str = ""
+
+
+@dataclass
+class RunStats:
+    """What the report needs, filled in while the run goes (``fetch`` counts pages)."""
+
+    shards_planned: int = 0
+    records: int = 0  # records committed to the lake
+    bytes: int = 0
+    results: list[ShardResult] = field(default_factory=list)
+    accounts: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)  # listed ids that cannot be harvested
+    stopped: str | None = None
+
+    def count(self) -> Counter[str]:
+        c: Counter[str] = Counter()
+        for r in self.results:
+            c[r.status] += 1
+            c[f"action:{r.action}"] += 1
+        return c
+
+
+class Harvester:
+    """One run over one lake."""
+
+    def __init__(
+        self, cfg: HarvestConfig, client: Client, lake: Lake, pool: DecodePool | None = None
+    ) -> None:
+        self.cfg, self.client, self.lake = cfg, client, lake
+        self.stats = RunStats()
+        self._prior: dict[str, dict[str, Any]] = {}  # manifest records of the planned days
+        # Shard assembly and file writes run here, off the event loop: two threads keep both
+        # cores of a local disk busy; an object store's uploads wait on the network.
+        self._io = ThreadPoolExecutor(2 if lake.store.local else 6, thread_name_prefix="shard-io")
+        self.fetcher = Fetcher(cfg, client, lake, pool, self._io)
+
+    async def accounts(self) -> list[str | None]:
+        """Whose CDRs to fetch. In partner scope the listing is always read: ``--customer``
+        ids are checked against it (an id the partner does not have is a usage error, which
+        no re-run would fix), and listed ids that cannot be customer ids are reported."""
+        if self.cfg.scope == "global":
+            return [None]
+        if self.cfg.scope == "account":
+            return [self.cfg.customers[0] if self.cfg.customers else self.cfg.auth_id]
+        listing = await discover_accounts(self.client)
+        if not self.cfg.customers:
+            self.stats.rejected = listing.rejected
+            return [a["auth_id"] for a in listing.accounts]
+        known = {a["auth_id"] for a in listing.accounts}
+        for customer in self.cfg.customers:
+            if customer not in known:
+                raise UsageError(
+                    f"--customer {shown(customer)} is not in this partner's listing of {len(known)} "
+                    "customers: check the id ('vobiz-harvest accounts' lists them)"
+                )
+        return list(dict.fromkeys(self.cfg.customers))
+
+    async def plan(self) -> list[Planned]:
+        """Accounts, then every shard with its mode (from the manifest as it is now)."""
+        accounts = await self.accounts()
+        self.stats.accounts = len([a for a in accounts if a])
+        self._prior = {str(rec.get("shard")): rec for rec in self.lake.manifest()}
+        return plan(self.cfg, accounts, self._prior)
+
+    async def learn_window(self, planned: list[Planned], record: bool) -> None:
+        """Set how ``end_date`` is read (see :mod:`harvester.harvest.window`)."""
+        today = self.cfg.today
+        candidates = [p.shard for p in planned if p.mode != SKIP and p.shard.day < today]
+        candidates.sort(key=lambda s: s.day + dt.timedelta(days=1) >= today)  # two closed days first
+        known = self.lake.server_fact("end_date")
+        reading, new = await window.learn(
+            known if known in (window.INCLUSIVE, window.EXCLUSIVE) else None, candidates, self.fetcher.total
+        )
+        self.fetcher.end_offset = 1 if reading == window.EXCLUSIVE else 0
+        if new and record:
+            self.lake.record_server_fact("end_date", reading)
+
+    async def run(self) -> RunStats:
+        planned = await self.plan()
+        self.stats.shards_planned = len(planned)
+        await self.learn_window(planned, record=True)
+        todo = iter(planned)
+
+        async def lane() -> None:
+            for p in todo:
+                await self._guarded(p)
+
+        try:
+            await at_once(lane() for _ in range(min(len(planned), self.cfg.concurrency + 4)))
+        finally:
+            self._io.shutdown(wait=True, cancel_futures=True)
+        return self.stats
+
+    async def _guarded(self, p: Planned) -> None:
+        try:
+            result = await self.do_shard(p.shard, p.mode)
+        except ShardError as e:
+            log.warning("shard %s failed: %s", p.shard.key, e)
+            result = ShardResult(p.shard, "failed", "harvested", detail=str(e))
+        self.stats.results.append(result)
+
+    async def do_shard(self, shard: Shard, mode: str) -> ShardResult:
+        """One shard, start to end: skip, re-check, or fetch → verify → publish → commit."""
+        prior = self._prior.get(shard.key)
+        if mode == SKIP:
+            return ShardResult(shard, "skipped", "skipped", rows=int(prior["rows"]) if prior else 0)
+        if mode == RECHECK and prior is not None:
+            first = await self.fetcher.page(shard, 1, self.cfg.per_page)
+            same = first.total == prior.get("api_total") and first.summary == prior.get("api_summary")
+            if same and prior.get("verified"):
+                if prior.get("open_day") and shard.day < self.cfg.today:
+                    await self.fetcher.off_loop(self.lake.commit, shard, {**prior, "open_day": False})
+                return ShardResult(shard, "unchanged", "rechecked", rows=int(prior["rows"]))
+            log.info("shard %s changed since it was committed: re-harvesting", shard.key)
+        fetched = await self.fetcher.fetch(shard)  # staged and verified, not yet visible
+        nbytes = await self.fetcher.off_loop(self._publish, shard, fetched)
+        verdict = fetched.verdict
+        self.stats.records += fetched.rows
+        self.stats.bytes += nbytes
+        verified = verdict.ok(self.cfg.strict_sums)
+        if not verified:
+            log.warning("shard %s unverified: %s", shard.key, verdict.describe())
+        elif verdict.sum_problems:
+            log.info("shard %s: sums differ from summary (not strict): %s", shard.key, verdict.describe())
+        action = "reharvested" if prior is not None else "harvested"
+        status = "verified" if verified else "unverified"
+        return ShardResult(shard, status, action, fetched.rows, fetched.pages, nbytes, verdict.describe())
+
+    def _publish(self, shard: Shard, fetched: Fetched) -> int:
+        """On an I/O thread: the shard's file appears whole, then its manifest record commits
+        it (the record is durable when this returns). Returns the file's bytes."""
+        if fetched.staged is not None:
+            nbytes = fetched.staged.publish()
+        else:
+            assert fetched.table is not None
+            nbytes = self.lake.write_shard(shard, fetched.table)
+        self.lake.commit(shard, {**self._record(shard, fetched), "bytes": nbytes})
+        return nbytes
+
+    def _record(self, shard: Shard, fetched: Fetched) -> dict[str, Any]:
+        """The shard's manifest record (the shape a lake's readers and re-runs rely on)."""
+        verdict = fetched.verdict
+        return {
+            "shard": shard.key,
+            "scope": shard.scope,
+            "account": shard.account,
+            "date": shard.day.isoformat(),
+            "file": self.lake.file_key(shard) if fetched.rows else None,
+            "rows": fetched.rows,
+            "pages": fetched.pages,
+            "attempts": fetched.attempts,
+            "api_total": fetched.first.total,
+            "api_summary": fetched.first.summary,
+            "sums": verdict.sums,
+            "verified": verdict.ok(self.cfg.strict_sums),
+            "sums_match": not verdict.sum_problems,
+            "problems": verdict.problems + verdict.sum_problems,
+            "open_day": shard.day >= self.cfg.today,
+            "harvested_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }

@@ -1,0 +1,310 @@
+"""Fetching one shard until it verifies: every strategy ends in one :class:`Fetched`, staged
+and not yet visible to any reader.
+
+* A closed day is probed (page 1 gives ``pagination.pages``) and its other pages are fetched
+  through ``--concurrency`` lanes, each checked against page 1.
+* A closed day of more than ``--stream-rows`` records is written to a staged file a window of
+  pages at a time, so memory holds two windows, not the shard.
+* A day that is still open (the current UTC day), and any retry, is walked page by page,
+  then re-probed and caught up until the distinct uuids match the latest total: newest-first
+  pages shift while calls arrive, so a parallel fetch would miss records.
+
+A fetched shard is verified (:mod:`harvester.records.verify`) and fetched again, up to
+``--verify-attempts`` times, until it verifies; the last attempt is returned either way,
+with its verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyarrow as pa
+
+from harvester.api.client import Client
+from harvester.api.endpoints import list_params, list_path
+from harvester.config import HarvestConfig
+from harvester.errors import DecodeError, HarvestError, ShardError
+from harvester.harvest.pool import DecodePool
+from harvester.lake.lake import Lake
+from harvester.lake.store import StagedTable
+from harvester.records.assemble import dedupe, order
+from harvester.records.decode import Collector, Page, check_shape, decode_page
+from harvester.records.shard import Shard
+from harvester.records.verify import Verdict, contradiction, missing_uuids, table_sums, verify_counts
+
+log = logging.getLogger("harvester.harvest.fetch")
+T = TypeVar("T")
+
+
+@dataclass
+class Fetched:
+    """A shard's rows, fetched and verified but not yet visible: in memory (``table``), or in a
+    staged file (``staged``, for a shard too large to hold) that appears on publish."""
+
+    first: Page  # the page 1 the shard was verified against
+    verdict: Verdict
+    pages: int
+    attempts: int = 1
+    table: pa.Table | None = None
+    staged: StagedTable | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.verdict.rows
+
+
+@dataclass
+class Counts:
+    """What fetching has done so far (the progress bar and the report read these)."""
+
+    pages: int = 0
+    fetched: int = 0  # records received in pages, before dedupe
+    worker_pages: int = 0  # pages decoded by the decode workers
+    problems: list[str] = field(default_factory=list)
+
+
+class Fetcher:
+    """Fetches shards for one run: one client, an optional decode pool, the I/O threads."""
+
+    def __init__(
+        self, cfg: HarvestConfig, client: Client, lake: Lake, pool: DecodePool | None, io: Executor
+    ) -> None:
+        self.cfg, self.client, self.lake, self.pool, self.io = cfg, client, lake, pool, io
+        self.counts = Counts()
+        self.end_offset = 0  # 1 when the server reads end_date as exclusive (harvest.window)
+        self._streams = asyncio.Semaphore(2)  # shards streaming to their files at once
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blocking shard work (assembly, files, object stores) on the I/O threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
+    # -- one page ---------------------------------------------------------------------------
+    async def _get(self, shard: Shard, n: int, per_page: int, decode: Callable[[bytes], T]) -> T:
+        params = list_params(shard.day, self.cfg.filters, n, per_page, self.end_offset)
+        path = list_path(shard.scope, shard.account)
+        return await self.client.get(path, params, decode, f"shard {shard.key} page {n}")
+
+    async def page(self, shard: Shard, n: int, per_page: int) -> Page:
+        """Page ``n`` of a shard, decoded by a worker when there are workers; a body a worker
+        cannot decode is fetched again and decoded here (with the client's retries)."""
+        page: Page | None = None
+        if self.pool is not None and not self.pool.broken:
+            body = await self._get(shard, n, per_page, check_shape)
+            try:
+                page = await self.pool.decode(body, n, per_page)
+                self.counts.worker_pages += 1
+            except DecodeError as e:
+                log.info("shard %s page %d: %s; fetching it again", shard.key, n, e)
+        if page is None:
+            page = await self._get(shard, n, per_page, lambda body: decode_page(body, n, per_page))
+        self.counts.pages += 1
+        self.counts.fetched += page.rows
+        return page
+
+    async def total(self, shard: Shard, start: Any, end: Any) -> int:
+        """The API's total for ``shard``'s query over ``start``..``end`` (one record asked)."""
+        params = list_params(start, self.cfg.filters, 1, 1, (end - start).days)
+        what = f"shard {shard.key} day-window probe {start}..{end}"
+        path = list_path(shard.scope, shard.account)
+        return (await self.client.get(path, params, lambda b: decode_page(b, 1, 1), what)).total
+
+    # -- one shard --------------------------------------------------------------------------
+    async def fetch(self, shard: Shard) -> Fetched:
+        """The shard, fetched again until it verifies or ``--verify-attempts`` run out."""
+        open_day = shard.day >= self.cfg.today
+        attempts = max(1, self.cfg.verify_attempts)
+        streamed = False  # a shard too large to hold is fetched again as a stream, not walked
+        for attempt in range(1, attempts + 1):
+            problems: list[str] = []  # how pages contradicted page 1 on this attempt
+            if open_day or (attempt > 1 and not streamed):
+                got = await self._walk(shard, problems)
+            else:
+                got = await self._fan_out(shard, problems)
+            got.attempts = attempt
+            if got.verdict.ok(self.cfg.strict_sums) or attempt == attempts:
+                return got
+            if got.staged is not None:
+                streamed = True
+                await self.off_loop(got.staged.discard)
+            log.info("shard %s attempt %d: %s; fetching it again", shard.key, attempt, got.verdict.describe())
+            await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def _verified(self, got: Collector, shard: Shard, first: Page, problems: list[str]) -> Fetched:
+        """A shard's pages joined, deduplicated and ordered (off the loop), and verified."""
+        by_account = shard.scope == "global"
+        table = await self.off_loop(lambda: order(dedupe(got.table()), by_account))
+        sums, missing = table_sums(table), missing_uuids(table)
+        verdict = verify_counts(table.num_rows, sums, first.total, first.summary, missing, problems)
+        return Fetched(first, verdict, got.pages, table=table)
+
+    async def _fan_out(self, shard: Shard, problems: list[str]) -> Fetched:
+        """Closed day: probe page 1, then the other pages through the lanes."""
+        first = await self.page(shard, 1, self.cfg.per_page)
+        if first.total > self.cfg.stream_rows:  # too large to hold: written as it arrives
+            async with self._streams:
+                return await self._stream(shard, first, problems)
+        got = Collector()
+        got.add(first)
+        _note(problems, contradiction(first, first, 1))
+        await self._pages_into(got, shard, range(2, first.pages + 1), first, problems)
+        return await self._verified(got, shard, first, problems)
+
+    async def _stream(self, shard: Shard, first: Page, problems: list[str]) -> Fetched:
+        """A closed day too large to hold: its pages fetched a window at a time, each window
+        joined in page order and written as a row group while the next one is fetched."""
+        window = max(1, Collector.CHUNK // max(1, first.per_page))
+        staged = await self.off_loop(self.lake.stage_shard, shard)
+        # 64-bit hashes of the uuids written, for the distinct count: a third of the memory of
+        # the uuids themselves. A collision can only make a stream look repeated (and then be
+        # fetched again), never hide a repeat.
+        seen: set[int] = set()
+        sums: Counter[str] = Counter()
+        written, missing, pages = 0, 0, 1
+        writing: asyncio.Future[None] | None = None
+        try:
+            got, n = Collector(), 2
+            got.add(first)
+            _note(problems, contradiction(first, first, 1))
+            while True:
+                upto = min(first.pages, window if n == 2 else n + window - 1)  # page 1 is in the first
+                await self._pages_into(got, shard, range(n, upto + 1), first, problems)
+                pages += upto + 1 - n
+                table = await self.off_loop(got.table)  # the cast runs without the GIL
+                if writing is not None:
+                    await writing
+                if table.num_rows:
+                    writing = asyncio.ensure_future(self.off_loop(staged.write, table))
+                    seen.update(map(hash, table.column("uuid").to_pylist()))
+                    sums.update(table_sums(table))
+                    written += table.num_rows
+                    missing += missing_uuids(table)
+                if upto >= first.pages or problems:
+                    break
+                got, n = Collector(), upto + 1
+            if writing is not None:
+                await writing
+        except BaseException:
+            if writing is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(writing)  # never close a file a thread is writing to
+            staged.discard()
+            raise
+        if len(seen) != written or missing:  # repeats or rows without a uuid: walk it instead
+            staged.discard()
+            log.info("shard %s: %d rows repeat across pages; walking it", shard.key, written - len(seen))
+            problems.clear()
+            return await self._walk(shard, problems)
+        verdict = verify_counts(written, dict(sums), first.total, first.summary, 0, problems)
+        return Fetched(first, verdict, pages, staged=staged)
+
+    async def _pages_into(
+        self, got: Collector, shard: Shard, numbers: range, first: Page, problems: list[str]
+    ) -> None:
+        """Fetch the given pages of a closed day into ``got``, each checked against page 1."""
+
+        async def one(n: int) -> None:
+            page = await self.page(shard, n, first.per_page)
+            got.add(page)
+            _note(problems, contradiction(first, page, n))
+
+        await self._lanes(numbers, one, problems)
+
+    async def _lanes(
+        self, numbers: range, fetch: Callable[[int], Coroutine[Any, Any, None]], problems: list[str]
+    ) -> None:
+        """Fetch pages ``numbers`` through ``--concurrency`` lanes, each taking the next page
+        number when its last is done: tasks and memory do not grow with what a server says
+        ``pages`` is, and the lanes stop at the first page that contradicts page 1."""
+        todo = iter(numbers)
+
+        async def lane() -> None:
+            for n in todo:
+                if problems:
+                    return
+                await fetch(n)
+
+        await at_once(lane() for _ in range(min(self.cfg.concurrency, len(numbers))))
+
+    async def _walk(self, shard: Shard, problems: list[str]) -> Fetched:
+        """Walk forward page by page, then re-probe and catch up until whole.
+
+        A closed day (a retry) is walked to page 1's last page, each page checked against
+        page 1. An open day's totals grow while it is walked: its walk follows the newest
+        page's count, up to twice page 1's pages and ten more (a server whose count keeps
+        growing past that is not walked for ever; the shard then does not verify)."""
+        open_day = shard.day >= self.cfg.today
+        got = Collector(track_uuids=True)
+        assert got.seen is not None
+        first = await self.page(shard, 1, self.cfg.per_page)
+        per_page = first.per_page
+        got.add(first)
+        limit = first.pages * 2 + 10 if open_day else first.pages
+        if not open_day:
+            _note(problems, contradiction(first, first, 1))
+        n, last = 2, first
+        while n <= min(last.pages, limit) and not problems:
+            last = await self.page(shard, n, per_page)
+            got.add(last)
+            if not open_day:
+                _note(problems, contradiction(first, last, n))
+            n += 1
+        for _ in range(self.cfg.verify_attempts * 4):
+            if problems:
+                break
+            probe = await self.page(shard, 1, per_page)
+            fresh = got.add(probe)
+            first = probe if open_day else first
+            if len(got.seen) == probe.total:
+                break
+            # Calls arrived while we walked: they sit on the first pages. Walk on until a
+            # page brings nothing new (or the end), then probe again.
+            n = 2
+            while n <= min(probe.pages, limit):
+                new = got.add(await self.page(shard, n, per_page))
+                fresh += new
+                if new == 0:
+                    break
+                n += 1
+            if fresh == 0:
+                break  # nothing new arrived: this shortfall is not drift, catching up won't heal it
+        return await self._verified(got, shard, first, problems)
+
+
+def _note(problems: list[str], problem: str | None) -> None:
+    """Keep the first few contradictions a shard's pages showed (one is enough to fail it)."""
+    if problem is not None and len(problems) < 3:
+        problems.append(problem)
+        log.info("%s", problem)
+
+
+async def at_once(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run coroutines as one task group; the first failure cancels the rest and is raised
+    as itself, a fatal error before a shard-level one (not as an exception group)."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for coro in coros:
+                tg.create_task(coro)
+    except ExceptionGroup as eg:
+        raise _first_error(eg) from None
+
+
+def _first_error(eg: BaseExceptionGroup) -> BaseException:
+    flat: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup) -> None:
+        for e in g.exceptions:
+            walk(e) if isinstance(e, BaseExceptionGroup) else flat.append(e)
+
+    walk(eg)
+    for e in flat:
+        if isinstance(e, HarvestError) and not isinstance(e, ShardError):
+            return e
+    return flat[0]

@@ -1,0 +1,54 @@
+"""What a run does with each shard, decided from the settings and the manifest alone (a pure
+function: no request, no I/O).
+
+* ``harvest``: never committed, not verified, or ``--refresh``;
+* ``recheck``: committed, but in the ``--lookback`` days or committed while its day was
+  open: page 1 is asked again and the shard re-harvested only if the API's numbers changed;
+* ``skip``: committed and verified on a closed day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harvester.config import HarvestConfig
+from harvester.records.shard import Shard, days, shards_for
+
+HARVEST, RECHECK, SKIP = "harvest", "recheck", "skip"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A shard and what this run does with it."""
+
+    shard: Shard
+    mode: str
+
+
+def plan(
+    cfg: HarvestConfig, accounts: Iterable[str | None], prior: Mapping[str, Mapping[str, Any]]
+) -> list[Planned]:
+    """Every shard of the run, newest day first, with its mode. ``prior`` maps a shard's key
+    to its manifest record (the records of the planned days, and of open-day shards)."""
+    span = list(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
+    planned: dict[Shard, str] = {}
+    for shard in shards_for(cfg.scope, accounts, span):
+        planned[shard] = _mode(prior.get(shard.key), cfg.refresh, in_lookback=shard.day < cfg.start_date)
+    # A shard harvested while its day was open is never final: re-check it every run.
+    for rec in prior.values():
+        if rec.get("open_day") and rec.get("scope") == cfg.scope and not cfg.refresh:
+            shard = Shard(dt.date.fromisoformat(str(rec["date"])), cfg.scope, rec.get("account"))
+            planned.setdefault(shard, RECHECK)
+    ordered = sorted(planned.items(), key=lambda kv: (kv[0].day, kv[0].who), reverse=True)
+    return [Planned(shard, mode) for shard, mode in ordered]
+
+
+def _mode(rec: Mapping[str, Any] | None, refresh: bool, in_lookback: bool) -> str:
+    if rec is None or refresh:
+        return HARVEST
+    if rec.get("open_day") or in_lookback:
+        return RECHECK
+    return SKIP if rec.get("verified") else HARVEST

@@ -1,0 +1,146 @@
+"""Decoding beside the event loop: page bodies → Arrow in worker processes.
+
+orjson and the Arrow conversion hold the GIL and are most of a harvest's CPU, so a thread
+would not help; a process does. The pool is the standard library's
+:class:`~concurrent.futures.ProcessPoolExecutor` with the ``forkserver`` start method
+(``spawn`` where there is none): each worker is forked from a small server process that has
+imported the decoder, never from the harvester's own process, so no worker inherits a
+running event loop, its threads or its sockets.
+
+A worker answers one page at a time with the page's own numbers and its records as an Arrow
+IPC message. Whatever goes wrong in a worker comes back as :class:`DecodeError`, and the
+engine then fetches and decodes that page itself; a pool whose process died is not used
+again (``broken``). The harvester runs the same code path without a pool: only where a
+page is decoded differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import pyarrow as pa
+
+from harvester.errors import DecodeError
+from harvester.records.decode import RAW, Page, Part, decode_page
+from harvester.records.schema import SCHEMA
+
+log = logging.getLogger("harvester.workers")
+_RAW_SCHEMA = pa.schema([pa.field("r", RAW)])
+
+
+def _decode(body: bytes, asked_page: int, per_page: int) -> tuple[dict[str, Any], str, bytes]:
+    """In a worker: a page body → (its numbers, the kind of records, an Arrow IPC message),
+    or ``({"error": why}, "error", b"")``."""
+    try:
+        page = decode_page(body, asked_page, per_page)
+        numbers = {
+            "page": page.page,
+            "per_page": page.per_page,
+            "total": page.total,
+            "pages": page.pages,
+            "has_next": page.has_next,
+            "summary": page.summary,
+            "rows": page.rows,
+            "unknown": page.part.unknown,
+        }
+        part = page.part
+        if part.done is not None:
+            return numbers, "done", part.done.serialize().to_pybytes()
+        if part.raw is not None:
+            batch = pa.RecordBatch.from_arrays([part.raw], schema=_RAW_SCHEMA)
+            return numbers, "raw", batch.serialize().to_pybytes()
+        return numbers, "empty", b""
+    except Exception as e:  # any failure: the loop fetches and decodes the page itself
+        return {"error": str(e) or type(e).__name__}, "error", b""
+
+
+def _page(numbers: dict[str, Any], kind: str, message: bytes) -> Page:
+    """A worker's answer → the page it decoded."""
+    rows = numbers["rows"]
+    if kind == "done":
+        part = Part(rows, done=pa.ipc.read_record_batch(pa.py_buffer(message), SCHEMA))
+    elif kind == "raw":
+        raw = pa.ipc.read_record_batch(pa.py_buffer(message), _RAW_SCHEMA).column(0)
+        part = Part(rows, raw, numbers["unknown"])
+    else:
+        part = Part(0)
+    n = numbers
+    return Page(part, n["page"], n["per_page"], n["total"], n["pages"], n["has_next"], n["summary"])
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def _exit_with(harvester: int) -> None:
+    """In a worker: end this process soon after the harvester's process is gone (killed with
+    SIGKILL, say). Workers and their fork server keep each other alive, so without this a
+    killed run's workers would wait for work for ever, holding its stdout and stderr open."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.2)
+            try:
+                os.kill(harvester, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # another process took the pid: ours is gone
+                os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-harvester", daemon=True).start()
+
+
+class DecodePool:
+    """``workers`` decode processes, started when the pool is made (make it before the event
+    loop runs, or at least before the harvest's first request)."""
+
+    def __init__(self, workers: int) -> None:
+        methods = multiprocessing.get_all_start_methods()
+        method = "forkserver" if "forkserver" in methods and sys.platform != "darwin" else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            context.set_forkserver_preload(["harvester.harvest.pool"])
+        self.broken = False
+        self.workers = workers
+        self._executor = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+        )
+        try:
+            started = [self._executor.submit(_ready) for _ in range(workers)]
+            for job in started:
+                job.result(timeout=60)
+        except (OSError, BrokenProcessPool, TimeoutError) as e:  # out of processes or memory
+            log.warning("cannot start the decode workers (%s); decoding on the event loop", e)
+            self.broken = True
+
+    async def decode(self, body: bytes, asked_page: int, per_page: int) -> Page:
+        """A page body decoded by a worker; :class:`DecodeError` on any failure."""
+        if self.broken:
+            raise DecodeError("decode workers unavailable")
+        loop = asyncio.get_running_loop()
+        try:
+            numbers, kind, message = await loop.run_in_executor(
+                self._executor, _decode, body, asked_page, per_page
+            )
+        except (BrokenProcessPool, RuntimeError) as e:  # a worker died, or the pool is shut down
+            self.broken = True
+            raise DecodeError(f"decode worker lost ({type(e).__name__})") from None
+        if kind == "error":
+            raise DecodeError(str(numbers.get("error")))
+        try:
+            return _page(numbers, kind, message)
+        except (pa.ArrowException, KeyError, TypeError) as e:
+            raise DecodeError(f"decode worker answer unreadable: {e}") from None
+
+    def close(self) -> None:
+        """Stop the workers (each finishes the page it is on)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

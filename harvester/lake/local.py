@@ -1,0 +1,211 @@
+"""A lake in a local (or mounted) directory: every object is written to a hidden temporary
+file, fsynced, renamed into place and its directory fsynced, so it appears whole or not at
+all and is durable once written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harvester.errors import LakeError, UsageError
+from harvester.lake.crashpoints import crash_point
+from harvester.lake.store import BUFFER, StagedTable, check_key
+
+
+class LocalStore:
+    """A directory on a local (or mounted) filesystem."""
+
+    local = True
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def check_usable(self) -> None:
+        try:
+            self._check_usable()
+        except OSError as e:  # e.g. a parent directory this user may not enter
+            raise UsageError(
+                f"--out {self.root} cannot be used ({e.strerror or e}): choose a directory you can write to"
+            ) from None
+
+    def _check_usable(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"--out {self.root} exists and is not a directory: choose another path")
+        probe = self.root
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise UsageError(f"--out {self.root} cannot be created: {probe} is a file")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise UsageError(f"--out {self.root} is not writable (no write permission on {probe})")
+
+    def prepare(self) -> bool:
+        """Create the lake's directory; True when this call created it."""
+        try:
+            existed = self.root.is_dir()
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LakeError(f"cannot create {self.root}: {e.strerror}") from None
+        return not existed
+
+    def remove_root_if_empty(self) -> None:
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self.path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def _tmp(self, key: str) -> tuple[Path, Path]:
+        final = self.path(key)
+        return final, final.with_name(f".{final.name}.{os.getpid()}.tmp")
+
+    def _put(self, key: str, data: bytes | pa.Buffer) -> int:
+        """Write ``data`` to a temporary file in one call, fsync it, rename it into place and
+        fsync the directory: once this returns, the object is durable."""
+        final, tmp = self._tmp(key)
+        view = memoryview(data)
+        size = len(view)
+        with _or_cannot_write(tmp, final):
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            try:
+                fd = os.open(tmp, flags, 0o644)
+            except FileNotFoundError:  # the day's directory, made on its first file
+                final.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, flags, 0o644)
+            try:
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._rename(tmp, final)
+        return size
+
+    def _publish(self, tmp: Path, final: Path) -> Path:
+        """fsync the temporary file, rename it into place, fsync the directory."""
+        with _or_cannot_write(tmp, final), open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        self._rename(tmp, final)
+        return final
+
+    def _rename(self, tmp: Path, final: Path) -> None:
+        """Rename a temporary file into place, then fsync the directory."""
+        with _or_cannot_write(tmp, final):
+            crash_point("before-rename")
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            crash_point("after-rename")
+
+    def stage_table(self, key: str, schema: pa.Schema, **options: Any) -> StagedTable:
+        """A Parquet file written a row group at a time, that appears whole on ``publish``."""
+        final, tmp = self._tmp(key)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            sink = pa.BufferedOutputStream(pa.OSFile(str(tmp), "wb"), BUFFER)
+            writer = pq.ParquetWriter(sink, schema, **options)
+        except OSError as e:
+            raise _cannot_write(final, e) from None
+
+        def publish() -> int:
+            writer.close()
+            size = sink.tell()
+            sink.close()
+            self._publish(tmp, final)
+            return int(size)
+
+        def discard() -> None:
+            with contextlib.suppress(Exception):
+                writer.close()
+            with contextlib.suppress(Exception):
+                sink.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+        return StagedTable(writer, publish, discard, f"{final}")
+
+    def write(self, key: str, data: bytes) -> None:
+        """A small object (a manifest record, the lock), durable when this returns."""
+        self._put(key, data)
+
+    def write_file(self, key: str, data: bytes | pa.Buffer) -> int:
+        """An encoded file (a shard's Parquet), written so it appears whole."""
+        return self._put(key, data)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(key).unlink()
+
+    def keys(self, prefix: str) -> list[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+
+    def has_data(self) -> bool:
+        return self.root.is_dir() and any(p.name.startswith("date=") for p in self.root.iterdir())
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` holding ``data`` unless it exists (False then). The data is written
+        to a temporary file first and linked into place: the file never exists empty, even
+        when the disk is full."""
+        final, tmp = self._tmp(key)
+        try:
+            with _or_cannot_write(tmp, final):
+                tmp.write_bytes(data)
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    return False
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        return True
+
+    def cleanup(self) -> int:
+        """Delete temporary files left by a killed run (the caller holds the lock)."""
+        n = 0
+        for pattern in ("date=*/.*.tmp", "_manifest/date=*/.*.tmp", ".*.tmp"):
+            for p in self.root.glob(pattern):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    n += 1
+        return n
+
+
+@contextlib.contextmanager
+def _or_cannot_write(tmp: Path, final: Path) -> Iterator[None]:
+    """On an OSError: remove the temporary file, and fail naming the final one."""
+    try:
+        yield
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _cannot_write(final, e) from None
+
+
+def _cannot_write(final: Path, e: OSError) -> LakeError:
+    return LakeError(f"cannot write {final}: {e.strerror or e}")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,214 @@
+"""A lake on an object store (``s3://``, ``gs://``, ``abfs://`` … through ``pyarrow.fs``).
+
+Object stores have no rename, so each object is written straight to its final key: it
+becomes visible only when its upload completes (single PUT, or multipart completed on
+close). A killed run leaves at most an unfinished multipart upload, invisible to readers,
+which the next run aborts. Transient storage errors (503 SlowDown, resets) are retried with
+backoff, separately from the API's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from harvester.errors import LakeError, StorageError, UsageError
+from harvester.lake.crashpoints import crash_point
+from harvester.lake.store import StagedTable, check_key, short
+
+log = logging.getLogger("harvester.lake.objects")
+T = TypeVar("T")
+
+
+class ObjectStore:
+    """An object-store prefix (``s3://bucket/prefix`` and whatever else pyarrow.fs supports)."""
+
+    local = False
+    ATTEMPTS = 6
+
+    def __init__(self, uri: str, endpoint_url: str | None = None, region: str | None = None) -> None:
+        self.uri = uri.rstrip("/")
+        parts = urlsplit(self.uri)
+        self.scheme = parts.scheme
+        self.bucket = parts.netloc
+        self.prefix = parts.path.strip("/")
+        self.endpoint_url = endpoint_url
+        self.region = region
+        try:
+            if self.scheme == "s3":
+                kw: dict[str, Any] = {
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=4),
+                    "connect_timeout": 10,
+                    "request_timeout": 60,
+                }
+                if endpoint_url:
+                    ep = urlsplit(endpoint_url)
+                    kw["endpoint_override"] = ep.netloc
+                    kw["scheme"] = ep.scheme or "https"
+                if region:
+                    kw["region"] = region
+                self.fs: pafs.FileSystem = pafs.S3FileSystem(**kw)
+                self.base = f"{self.bucket}/{self.prefix}".rstrip("/")
+            else:
+                self.fs, self.base = pafs.FileSystem.from_uri(self.uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as e:
+            raise UsageError(f"--out {uri}: {short(e)}") from None
+
+    def describe(self) -> str:
+        return self.uri
+
+    def _full(self, key: str) -> str:
+        check_key(key)
+        return f"{self.base}/{key}" if self.base else key
+
+    def _retry(self, what: str, op: Callable[[], T]) -> T:
+        for attempt in range(self.ATTEMPTS):
+            try:
+                return op()
+            except (OSError, pa.ArrowException) as e:
+                if isinstance(e, FileNotFoundError) or attempt == self.ATTEMPTS - 1:
+                    raise StorageError(f"{what} {self.uri}: {short(e)}") from None
+                delay = random.uniform(0.5, 1.0) * min(8.0, 0.2 * 2**attempt)
+                log.info("storage retry %d for %s: %s", attempt + 1, what, short(e))
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def check_usable(self) -> None:
+        try:
+            info = self.fs.get_file_info(self.bucket if self.scheme == "s3" else self.base)
+        except (OSError, pa.ArrowException) as e:
+            raise LakeError(f"--out {self.uri}: {short(e)}") from None
+        if self.scheme == "s3" and info.type == pafs.FileType.NotFound:
+            raise UsageError(f"--out {self.uri}: bucket {self.bucket!r} does not exist: create it first")
+
+    def prepare(self) -> bool:
+        return False  # object stores have no directories to create
+
+    def remove_root_if_empty(self) -> None:
+        return None
+
+    def read(self, key: str) -> bytes | None:
+        def op() -> bytes | None:
+            try:
+                with self.fs.open_input_stream(self._full(key)) as f:
+                    return bytes(f.read())
+            except FileNotFoundError:
+                return None
+
+        return self._retry("read", op)
+
+    def write(self, key: str, data: bytes) -> None:
+        """Upload ``data``: the object is durable once its upload completes."""
+
+        def op() -> None:
+            with self.fs.open_output_stream(self._full(key)) as f:
+                f.write(data)
+
+        self._retry(f"write {key} to", op)
+
+    def write_file(self, key: str, data: bytes | pa.Buffer) -> int:
+        """An encoded file uploaded so it appears whole (retried: encoded once, whatever the
+        retries)."""
+
+        def op() -> int:
+            sink = self.fs.open_output_stream(self._full(key))
+            try:
+                sink.write(data)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    sink.abort()
+                raise
+            return _complete_upload(sink)
+
+        return self._retry(f"write {key} to", op)
+
+    def stage_table(self, key: str, schema: pa.Schema, **options: Any) -> StagedTable:
+        """A Parquet object uploaded a row group at a time (multipart), that appears whole
+        on ``publish``; ``discard`` aborts the upload. Not retried: a failure fails the shard."""
+        try:
+            sink = self.fs.open_output_stream(self._full(key))
+            writer = pq.ParquetWriter(sink, schema, **options)
+        except (OSError, pa.ArrowException) as e:
+            raise StorageError(f"write {key} to {self.uri}: {short(e)}") from None
+
+        def publish() -> int:
+            writer.close()
+            return _complete_upload(sink)
+
+        def discard() -> None:
+            with contextlib.suppress(Exception):
+                sink.abort()
+
+        return StagedTable(writer, publish, discard, f"{self.uri}/{key}")
+
+    def delete(self, key: str) -> None:
+        def op() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(self._full(key))
+
+        self._retry("delete from", op)
+
+    def keys(self, prefix: str) -> list[str]:
+        def op() -> list[str]:
+            sel = pafs.FileSelector(self._full(prefix), recursive=True, allow_not_found=True)
+            infos = self.fs.get_file_info(sel)
+            cut = len(self.base) + 1 if self.base else 0
+            return sorted(i.path[cut:] for i in infos if i.type == pafs.FileType.File)
+
+        return self._retry("list", op)
+
+    def has_data(self) -> bool:
+        def op() -> bool:
+            sel = pafs.FileSelector(self.base, recursive=False, allow_not_found=True)
+            return any(i.base_name.startswith("date=") for i in self.fs.get_file_info(sel))
+
+        return self._retry("list", op)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Best effort (object stores here offer no create-if-absent): read, then write."""
+        if self.read(key) is not None:
+            return False
+        self.write(key, data)
+        return True
+
+    def cleanup(self) -> int:
+        """Abort unfinished multipart uploads under the lake's prefix (a killed run's)."""
+        if self.scheme != "s3":
+            return 0
+        try:
+            import boto3
+        except ImportError:
+            log.warning("boto3 is not installed: unfinished multipart uploads of a killed run are left "
+                        "to the bucket's lifecycle rules (pip install 'vobiz-harvester[s3]')")  # fmt: skip
+            return 0
+        client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region)
+        n = 0
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        try:
+            pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+                    n += 1
+        except Exception as e:
+            log.warning("could not abort unfinished uploads under %s: %s", self.uri, short(e))
+        if n:
+            log.info("aborted %d unfinished multipart uploads under %s", n, self.uri)
+        return n
+
+
+def _complete_upload(sink: pa.NativeFile) -> int:
+    """Finish an object's upload: the object appears now, whole; returns its size."""
+    crash_point("before-upload-complete")
+    size = sink.tell()
+    sink.close()
+    return int(size)

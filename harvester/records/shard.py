@@ -1,0 +1,45 @@
+"""A shard: one day of one account's CDRs (or of the global feed), the smallest unit the
+API filters on. Shards are fetched, verified, written and committed on their own, which
+gives parallelism, resume and idempotence."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Shard:
+    """One day of one account's CDRs (``account`` None = the global partner feed)."""
+
+    day: dt.date
+    scope: str
+    account: str | None
+
+    @property
+    def who(self) -> str:
+        return self.account or "global"
+
+    @property
+    def key(self) -> str:
+        return f"{self.day.isoformat()}/{self.who}"
+
+    @property
+    def file_name(self) -> str:
+        return f"cdr-{self.who}.parquet"
+
+
+def days(start: dt.date, end: dt.date) -> Iterator[dt.date]:
+    """Every day from ``start`` to ``end``, inclusive."""
+    d = start
+    while d <= end:
+        yield d
+        d += dt.timedelta(days=1)
+
+
+def shards_for(scope: str, accounts: Iterable[str | None], span: Iterable[dt.date]) -> list[Shard]:
+    """The cross product, newest day first (recent data lands first)."""
+    span = list(span)
+    accounts = list(accounts)
+    return [Shard(day, scope, acc) for day in sorted(span, reverse=True) for acc in accounts]
