@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib
 import json
 import sys
 import time
 from pathlib import Path
 
-from harvester import lean
+import aiohttp
+import orjson
+
+from harvester.harvest.loop import run
+from harvester.lake.local import LocalStore
+from harvester.records.assemble import dedupe, order
+from harvester.records.decode import Collector, Page, decode_page
+from harvester.records.encoding import parquet_bytes
 
 
 async def _harvest(base: str, headers: dict[str, str], days: list[str], out: Path) -> tuple[int, int]:
-    import aiohttp
-    import orjson
-
-    from harvester.harvest.engine import dedupe, order
-    from harvester.lake.lake import WRITE_OPTIONS
-    from harvester.lake.store import LocalStore, parquet_bytes
-    from harvester.records.decode import Collector, Page, decode_page
-
     store = LocalStore(out)
     connector = aiohttp.TCPConnector(limit=16)
     async with aiohttp.ClientSession(base, connector=connector, headers=headers) as s:
@@ -57,7 +55,7 @@ async def _harvest(base: str, headers: dict[str, str], days: list[str], out: Pat
                     got.add(p)
                 table = order(dedupe(got.table()))
                 if table.num_rows:
-                    data = parquet_bytes(table, **WRITE_OPTIONS)
+                    data = parquet_bytes(table)
                     store.write_file(f"date={day}/cdr-{account}.parquet", data)
                 records += table.num_rows
                 pages += got.pages
@@ -68,12 +66,6 @@ async def _harvest(base: str, headers: dict[str, str], days: list[str], out: Pat
 
 def main() -> int:
     base, auth_id, token, start, end, out = sys.argv[1:7]
-    lean.trim()  # before anything imports pyarrow, as the CLI does
-    for module in ("aiohttp", "harvester.engine", "harvester.lake", "harvester.store"):
-        importlib.import_module(module)  # imported before the clock starts, as in the harvester
-    from harvester.harvest.loop import run
-
-    lean.settle()
     t0 = time.perf_counter()  # like the harvester's own clock: from the start of the run
     d0, d1 = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
     days = [(d0 + dt.timedelta(days=i)).isoformat() for i in range((d1 - d0).days + 1)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -119,10 +120,40 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (decode workers may be grandchildren, under a fork server)."""
+    found, todo = [], _children(pid)
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += _children(p)
+    return found
+
+
 def _tree_pss_kb(pid: int) -> int:
     """Memory of a client and its decode workers now: the sum of their proportional set sizes
     (pages shared since the fork counted once, split between the sharers)."""
-    return sum(_proc_kb(p, "smaps_rollup", "Pss:") for p in [pid, *_children(pid)])
+    return sum(_proc_kb(p, "smaps_rollup", "Pss:") for p in [pid, *_descendants(pid)])
+
+
+class TreeCpu:
+    """CPU of the processes below a client's children (decode workers forked by a fork
+    server), which ``wait4`` on the client does not count; its own children it reaps are in
+    ``wait4``'s count. Each is read every sample and its last reading counts, so at most one
+    sampling interval of each is missed."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.last: dict[int, float] = {}
+
+    def sample(self) -> None:
+        for child in _children(self.pid):
+            for p in _descendants(child):
+                with contextlib.suppress(OSError, IndexError):
+                    self.last[p] = _proc_cpu(p)
+
+    def total(self) -> float:
+        return sum(self.last.values())
 
 
 class Sim:
@@ -237,7 +268,9 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) 
     # Peak memory: the client's own high-water mark (VmHWM; ru_maxrss would include our
     # pre-exec RSS), or, with decode workers, the largest sampled sum over the process tree.
     peak_kb, tick = 0, 0
+    tree = TreeCpu(proc.pid)
     while True:
+        tree.sample()
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
@@ -253,7 +286,8 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) 
     if code != 0:
         raise RuntimeError(f"{kind} exited {code}: {stderr.decode()[-3000:]}")
     rep = json.loads(stdout.decode().strip().splitlines()[-1])
-    cpu = ru.ru_utime + ru.ru_stime  # wait4 counts the client's reaped children: decode workers too
+    # wait4 counts the client and the children it reaped; the rest of its tree is sampled.
+    cpu = ru.ru_utime + ru.ru_stime + tree.total()
     res = {
         "client": kind,
         "records": rep["records"],
