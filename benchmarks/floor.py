@@ -56,7 +56,7 @@ async def _harvest(base: str, headers: dict[str, str], days: list[str], out: Pat
                 table = order(dedupe(got.table()))
                 if table.num_rows:
                     data = parquet_bytes(table)
-                    store.write_file(f"date={day}/cdr-{account}.parquet", data)
+                    store.write(f"date={day}/cdr-{account}.parquet", data)
                 records += table.num_rows
                 pages += got.pages
 

@@ -39,7 +39,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from harvester import __version__
 from harvester.api.pacing import Pacer
 from harvester.errors import (
     ApiError,
@@ -51,6 +50,7 @@ from harvester.errors import (
     Unreachable,
     clean,
 )
+from harvester.version import __version__
 
 T = TypeVar("T")
 log = logging.getLogger("harvester.client")

@@ -11,12 +11,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from harvester import __version__, logs
 from harvester.cli import bench, demo, harvest, lookups, sim
 from harvester.cli.common import PROG, Parser
 from harvester.cli.settings import given_on_command_line, load_toml
 from harvester.errors import EXIT_FATAL, HarvestError, clean
-from harvester.logs import JOURNAL
+from harvester.logs import JOURNAL, setup
+from harvester.version import __version__
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "harvest": harvest.command,
@@ -68,7 +68,7 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _with_config(list(sys.argv[1:] if argv is None else argv))
-        logs.setup(
+        setup(
             getattr(args, "log_level", "warning"),
             getattr(args, "log_format", "text"),
             getattr(args, "log_file", None),

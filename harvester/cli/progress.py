@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from tqdm import tqdm
+
 from harvester.harvest.engine import Harvester
 
 log = logging.getLogger("harvester.progress")
@@ -34,8 +36,6 @@ class Progress:
             return
         log.setLevel(logging.INFO)  # progress lines show even at the default warning level
         if self.mode == "bar":
-            from tqdm import tqdm
-
             # A pseudo-terminal may report a 0×0 size (under `script`, in CI); tqdm would then
             # draw nothing (no rows) or a zero-width bar: assume 160×40.
             width, height = _terminal_size()

@@ -110,13 +110,13 @@ class Harvester:
         today = self.cfg.today
         candidates = [p.shard for p in planned if p.mode != SKIP and p.shard.day < today]
         candidates.sort(key=lambda s: s.day + dt.timedelta(days=1) >= today)  # two closed days first
-        known = self.lake.server_fact("end_date")
+        known = self.lake.identity.server_fact("end_date")
         reading, new = await window.learn(
             known if known in (window.INCLUSIVE, window.EXCLUSIVE) else None, candidates, self.fetcher.total
         )
         self.fetcher.end_offset = 1 if reading == window.EXCLUSIVE else 0
         if new and record:
-            self.lake.record_server_fact("end_date", reading)
+            self.lake.identity.record_server_fact("end_date", reading)
 
     async def run(self) -> RunStats:
         planned = await self.plan()

@@ -34,22 +34,11 @@ class LocalStore:
 
     def check_usable(self) -> None:
         try:
-            self._check_usable()
+            _check_usable(self.root)
         except OSError as e:  # e.g. a parent directory this user may not enter
             raise UsageError(
                 f"--out {self.root} cannot be used ({e.strerror or e}): choose a directory you can write to"
             ) from None
-
-    def _check_usable(self) -> None:
-        if self.root.exists() and not self.root.is_dir():
-            raise UsageError(f"--out {self.root} exists and is not a directory: choose another path")
-        probe = self.root
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir():
-            raise UsageError(f"--out {self.root} cannot be created: {probe} is a file")
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise UsageError(f"--out {self.root} is not writable (no write permission on {probe})")
 
     def prepare(self) -> bool:
         """Create the lake's directory; True when this call created it."""
@@ -70,14 +59,10 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
 
-    def _tmp(self, key: str) -> tuple[Path, Path]:
-        final = self.path(key)
-        return final, final.with_name(f".{final.name}.{os.getpid()}.tmp")
-
-    def _put(self, key: str, data: bytes | pa.Buffer) -> int:
+    def write(self, key: str, data: bytes | pa.Buffer) -> int:
         """Write ``data`` to a temporary file in one call, fsync it, rename it into place and
-        fsync the directory: once this returns, the object is durable."""
-        final, tmp = self._tmp(key)
+        fsync the directory: once this returns, the object is durable. Returns its size."""
+        final, tmp = _tmp(self.path(key))
         view = memoryview(data)
         size = len(view)
         with _or_cannot_write(tmp, final):
@@ -93,27 +78,12 @@ class LocalStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        self._rename(tmp, final)
+        _rename(tmp, final)
         return size
-
-    def _publish(self, tmp: Path, final: Path) -> Path:
-        """fsync the temporary file, rename it into place, fsync the directory."""
-        with _or_cannot_write(tmp, final), open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        self._rename(tmp, final)
-        return final
-
-    def _rename(self, tmp: Path, final: Path) -> None:
-        """Rename a temporary file into place, then fsync the directory."""
-        with _or_cannot_write(tmp, final):
-            crash_point("before-rename")
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
-            crash_point("after-rename")
 
     def stage_table(self, key: str, schema: pa.Schema, **options: Any) -> StagedTable:
         """A Parquet file written a row group at a time, that appears whole on ``publish``."""
-        final, tmp = self._tmp(key)
+        final, tmp = _tmp(self.path(key))
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             sink = pa.BufferedOutputStream(pa.OSFile(str(tmp), "wb"), BUFFER)
@@ -125,7 +95,9 @@ class LocalStore:
             writer.close()
             size = sink.tell()
             sink.close()
-            self._publish(tmp, final)
+            with _or_cannot_write(tmp, final), open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            _rename(tmp, final)
             return int(size)
 
         def discard() -> None:
@@ -137,14 +109,6 @@ class LocalStore:
                 tmp.unlink()
 
         return StagedTable(writer, publish, discard, f"{final}")
-
-    def write(self, key: str, data: bytes) -> None:
-        """A small object (a manifest record, the lock), durable when this returns."""
-        self._put(key, data)
-
-    def write_file(self, key: str, data: bytes | pa.Buffer) -> int:
-        """An encoded file (a shard's Parquet), written so it appears whole."""
-        return self._put(key, data)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -163,7 +127,7 @@ class LocalStore:
         """Create ``key`` holding ``data`` unless it exists (False then). The data is written
         to a temporary file first and linked into place: the file never exists empty, even
         when the disk is full."""
-        final, tmp = self._tmp(key)
+        final, tmp = _tmp(self.path(key))
         try:
             with _or_cannot_write(tmp, final):
                 tmp.write_bytes(data)
@@ -209,3 +173,29 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _tmp(final: Path) -> tuple[Path, Path]:
+    """A file's final path and the hidden temporary name it is written under."""
+    return final, final.with_name(f".{final.name}.{os.getpid()}.tmp")
+
+
+def _rename(tmp: Path, final: Path) -> None:
+    """Rename a temporary file into place, then fsync the directory."""
+    with _or_cannot_write(tmp, final):
+        crash_point("before-rename")
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        crash_point("after-rename")
+
+
+def _check_usable(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--out {root} exists and is not a directory: choose another path")
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {root} cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {root} is not writable (no write permission on {probe})")

@@ -70,18 +70,6 @@ class ObjectStore:
         check_key(key)
         return f"{self.base}/{key}" if self.base else key
 
-    def _retry(self, what: str, op: Callable[[], T]) -> T:
-        for attempt in range(self.ATTEMPTS):
-            try:
-                return op()
-            except (OSError, pa.ArrowException) as e:
-                if isinstance(e, FileNotFoundError) or attempt == self.ATTEMPTS - 1:
-                    raise StorageError(f"{what} {self.uri}: {short(e)}") from None
-                delay = random.uniform(0.5, 1.0) * min(8.0, 0.2 * 2**attempt)
-                log.info("storage retry %d for %s: %s", attempt + 1, what, short(e))
-                time.sleep(delay)
-        raise AssertionError("unreachable")
-
     def check_usable(self) -> None:
         try:
             info = self.fs.get_file_info(self.bucket if self.scheme == "s3" else self.base)
@@ -104,20 +92,11 @@ class ObjectStore:
             except FileNotFoundError:
                 return None
 
-        return self._retry("read", op)
+        return _retry(self.uri, "read", op)
 
-    def write(self, key: str, data: bytes) -> None:
-        """Upload ``data``: the object is durable once its upload completes."""
-
-        def op() -> None:
-            with self.fs.open_output_stream(self._full(key)) as f:
-                f.write(data)
-
-        self._retry(f"write {key} to", op)
-
-    def write_file(self, key: str, data: bytes | pa.Buffer) -> int:
-        """An encoded file uploaded so it appears whole (retried: encoded once, whatever the
-        retries)."""
+    def write(self, key: str, data: bytes | pa.Buffer) -> int:
+        """Upload ``data`` so the object appears whole and durable when its upload
+        completes (retried; the data is encoded once, whatever the retries)."""
 
         def op() -> int:
             sink = self.fs.open_output_stream(self._full(key))
@@ -129,7 +108,7 @@ class ObjectStore:
                 raise
             return _complete_upload(sink)
 
-        return self._retry(f"write {key} to", op)
+        return _retry(self.uri, f"write {key} to", op)
 
     def stage_table(self, key: str, schema: pa.Schema, **options: Any) -> StagedTable:
         """A Parquet object uploaded a row group at a time (multipart), that appears whole
@@ -155,7 +134,7 @@ class ObjectStore:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.delete_file(self._full(key))
 
-        self._retry("delete from", op)
+        _retry(self.uri, "delete from", op)
 
     def keys(self, prefix: str) -> list[str]:
         def op() -> list[str]:
@@ -164,14 +143,14 @@ class ObjectStore:
             cut = len(self.base) + 1 if self.base else 0
             return sorted(i.path[cut:] for i in infos if i.type == pafs.FileType.File)
 
-        return self._retry("list", op)
+        return _retry(self.uri, "list", op)
 
     def has_data(self) -> bool:
         def op() -> bool:
             sel = pafs.FileSelector(self.base, recursive=False, allow_not_found=True)
             return any(i.base_name.startswith("date=") for i in self.fs.get_file_info(sel))
 
-        return self._retry("list", op)
+        return _retry(self.uri, "list", op)
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """Best effort (object stores here offer no create-if-absent): read, then write."""
@@ -212,3 +191,17 @@ def _complete_upload(sink: pa.NativeFile) -> int:
     size = sink.tell()
     sink.close()
     return int(size)
+
+
+def _retry(uri: str, what: str, op: Callable[[], T]) -> T:
+    """``op``, retried with backoff on transient storage errors (a missing object is not)."""
+    for attempt in range(ObjectStore.ATTEMPTS):
+        try:
+            return op()
+        except (OSError, pa.ArrowException) as e:
+            if isinstance(e, FileNotFoundError) or attempt == ObjectStore.ATTEMPTS - 1:
+                raise StorageError(f"{what} {uri}: {short(e)}") from None
+            delay = random.uniform(0.5, 1.0) * min(8.0, 0.2 * 2**attempt)
+            log.info("storage retry %d for %s: %s", attempt + 1, what, short(e))
+            time.sleep(delay)
+    raise AssertionError("unreachable")

@@ -18,8 +18,6 @@ import asyncio
 import datetime as dt
 import math
 import ssl
-import time
-import uuid as uuidlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,22 +25,23 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from harvester.sim.control import control_routes, drift
 from harvester.sim.data import Dataset, Record
 from harvester.sim.faults import FaultInjector
+from harvester.sim.queries import (
+    FILTERS,
+    ApiError,
+    TokenBucket,
+    apply_filters,
+    error_body,
+    page_body,
+    parse_date,
+    parse_int,
+    summarize,
+)
 
 API = "/api/v1"
 MAX_PER_PAGE = 100
-_STATUS = {"answered", "failed", "busy", "no_answer", "no-answer"}
-_FILTERS = (
-    "start_date",
-    "end_date",
-    "call_direction",
-    "status",
-    "hangup_cause",
-    "min_duration",
-    "from_number",
-    "to_number",
-)
 
 
 @dataclass
@@ -66,90 +65,6 @@ class SimConfig:
     page_cache_mb: int = 256  # rendered pages kept, so benchmarks measure the client, not us
 
 
-class ApiError(Exception):
-    """An error answered with the documented Vobiz error envelope."""
-
-    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details
-
-
-def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
-    """The documented error envelope."""
-    return orjson.dumps(
-        {
-            "status": "error",
-            "error": {"code": code, "message": message, "details": details or {}},
-            "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-            "requestId": f"req_{uuidlib.uuid4().hex[:12]}",
-        }
-    )
-
-
-class _Bucket:
-    """Token bucket per credential: ``rate`` tokens/s, ``size`` at most."""
-
-    def __init__(self, rate: float, size: int) -> None:
-        self.rate, self.size = rate, size
-        self.tokens = float(size)
-        self.stamp = time.monotonic()
-
-    def take(self) -> float:
-        """Take a token; returns 0 on success, else seconds until one is available."""
-        now = time.monotonic()
-        self.tokens = min(self.size, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
-
-
-def _status_of(r: Record) -> str:
-    if r["billsec"] > 0:
-        return "answered"
-    cause = r["hangup_cause"]
-    if cause == "USER_BUSY":
-        return "busy"
-    if cause == "NO_ANSWER":
-        return "no_answer"
-    return "failed"
-
-
-def summarize(recs: list[Record]) -> dict[str, Any]:
-    """The ``summary`` block over a filtered set (zeroed when empty)."""
-    n = len(recs)
-    answered = sum(1 for r in recs if r["billsec"] > 0)
-    dur = sum(r["duration"] for r in recs)
-    return {
-        "answerRate": round(answered * 100 / n, 1) if n else 0,
-        "answeredCalls": answered,
-        "avgCallDuration": f"{round(dur / n) if n else 0}s",
-        "last_call_at": max((r["end_time"] for r in recs), default=None),
-        "totalCalls": n,
-        "total_billable_seconds": sum(r["billsec"] for r in recs),
-        "total_cost": round(math.fsum(r["total_cost"] for r in recs), 4),
-        "total_duration_seconds": dur,
-    }
-
-
-def _parse_date(value: str, name: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise ApiError(400, "VALIDATION_ERROR", f"{name} must be YYYY-MM-DD, got {value!r}") from None
-
-
-def _parse_int(value: str, name: str, low: int) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = low - 1
-    if n < low:
-        raise ApiError(400, "VALIDATION_ERROR", f"{name} must be an integer >= {low}")
-    return n
-
-
 class Simulator:
     """The simulated API: an aiohttp application plus its state and counters."""
 
@@ -159,7 +74,7 @@ class Simulator:
         self.stats: Counter[str] = Counter()
         self.shard_requests: Counter[tuple[str, str]] = Counter()
         self.faults = FaultInjector(self.config.fault_rate, self.config.fault_seed, self.config.slow_seconds)
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._filtered: OrderedDict[tuple[Any, ...], tuple[list[Record], dict[str, Any]]] = OrderedDict()
         self._pages: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
         self._page_bytes = 0
@@ -174,15 +89,12 @@ class Simulator:
         app = web.Application()
         r = app.router
         r.add_get(f"{API}/partner/accounts", self._accounts)
-        r.add_get(f"{API}/partner/accounts/{{customer}}/cdrs", self._customer_cdrs)
-        r.add_get(f"{API}/partner/accounts/{{customer}}/cdrs/{{uuid}}", self._customer_cdr)
-        r.add_get(f"{API}/partner/cdrs", self._global_cdrs)
-        r.add_get(f"{API}/Account/{{auth_id}}/cdr", self._account_cdrs)
-        r.add_get(f"{API}/Account/{{auth_id}}/cdr/{{uuid}}", self._account_cdr)
-        r.add_get("/_sim/stats", self._ctl_stats)
-        r.add_post("/_sim/freeze", self._ctl_freeze)
-        r.add_post("/_sim/release", self._ctl_release)
-        r.add_post("/_sim/late", self._ctl_late)
+        r.add_get(f"{API}/partner/accounts/{{customer}}/cdrs", self._list)
+        r.add_get(f"{API}/partner/accounts/{{customer}}/cdrs/{{uuid}}", self._one)
+        r.add_get(f"{API}/partner/cdrs", self._list)
+        r.add_get(f"{API}/Account/{{auth_id}}/cdr", self._list)
+        r.add_get(f"{API}/Account/{{auth_id}}/cdr/{{uuid}}", self._one)
+        app.add_routes(control_routes(self))
         return app
 
     async def start(
@@ -197,7 +109,7 @@ class Simulator:
         bound = self._runner.addresses[0][1] if self._runner.addresses else port
         self.base_url = f"{'https' if ssl_context else 'http'}://{host}:{bound}"
         if not self.frozen:
-            self._drift_task = asyncio.create_task(self._drift())
+            self._drift_task = asyncio.create_task(drift(self))
         return self.base_url
 
     async def stop(self) -> None:
@@ -207,30 +119,14 @@ class Simulator:
         if self._runner:
             await self._runner.cleanup()
 
-    # -- drift ---------------------------------------------------------------------------
-    async def _drift(self) -> None:
-        """While not frozen, calls keep completing on the current UTC day."""
-        owed = 0.0
-        tick = 0.02
-        i = 0
-        while not self.frozen:
-            await asyncio.sleep(tick)
-            owed += self.config.drift_per_second * tick
-            today = dt.datetime.now(dt.UTC).date()
-            while owed >= 1 and self.data.customer_list:
-                owed -= 1
-                cust = self.data.customer_list[i % len(self.data.customer_list)]
-                i += 1
-                self.data.add_late_record(cust.auth_id, today, when=time.time() - 1)
-                self.stats["drift_records"] += 1
-
     def freeze(self) -> None:
         """Stop the drift: from now on every day is stable."""
         self.frozen = True
 
     # -- request plumbing ----------------------------------------------------------------
-    def _auth(self, request: web.Request, account: str | None = None) -> str:
-        """Check credentials; ``account`` means customer credentials for that account."""
+    def _admit(self, request: web.Request, account: str | None = None) -> None:
+        """Check credentials (``account``: customer credentials for that account), then take
+        a token of that credential's rate limit."""
         aid = request.headers.get("X-Auth-ID", "")
         tok = request.headers.get("X-Auth-Token", "")
         if account is None:
@@ -242,27 +138,19 @@ class Simulator:
             raise ApiError(401, "INVALID_CREDENTIALS", "Invalid or missing X-Auth-ID / X-Auth-Token")
         if account is None and not self.config.can_view_cdrs and "cdrs" in request.path:
             raise ApiError(403, "PERMISSION_DENIED", "partner capability can_view_cdrs is false")
-        return aid
-
-    def _limit(self, credential: str) -> None:
         rate = self.config.rate_limit
         if not rate:
             return
-        bucket = self._buckets.get(credential)
+        bucket = self._buckets.get(aid)
         if bucket is None:
             size = self.config.burst or max(2, int(rate / 5))
-            bucket = self._buckets[credential] = _Bucket(rate, size)
+            bucket = self._buckets[aid] = TokenBucket(rate, size)
         wait = bucket.take()
         if wait:
             self.stats["429"] += 1
             retry = max(1, math.ceil(wait))
             raise ApiError(
-                429,
-                "RATE_LIMIT_EXCEEDED",
-                "Too many requests",
-                limitType="api",
-                limit=rate,
-                retryAfter=retry,
+                429, "RATE_LIMIT_EXCEEDED", "Too many requests", limitType="api", limit=rate, retryAfter=retry
             )
 
     async def _serve(self, request: web.Request, account: str | None, build: Any) -> web.StreamResponse:
@@ -270,8 +158,7 @@ class Simulator:
         self.stats["requests"] += 1
         n = self.stats["requests"]
         try:
-            cred = self._auth(request, account)
-            self._limit(cred)
+            self._admit(request, account)
             if self.config.hold_after is not None and n > self.config.hold_after:
                 self.stats["held"] += 1
                 await self.released.wait()
@@ -297,13 +184,6 @@ class Simulator:
         return web.Response(body=body, content_type="application/json")
 
     # -- CDR lists -----------------------------------------------------------------------
-    def _query(self, request: web.Request) -> tuple[dict[str, str], int, int]:
-        q = request.query
-        filters = {k: q[k] for k in _FILTERS if q.get(k, "") != ""}
-        page = _parse_int(q.get("page", "1"), "page", 1)
-        per_page = _parse_int(q.get("per_page", "20"), "per_page", 1)
-        return filters, page, min(per_page, self.config.max_per_page)
-
     def _select(
         self, auth_ids: list[str], filters: dict[str, str], require_pair: bool
     ) -> tuple[list[Record], dict[str, Any]]:
@@ -322,37 +202,15 @@ class Simulator:
         if not self.frozen and today not in days:
             days.append(today)
         if start:
-            d0 = _parse_date(start, "start_date")
+            d0 = parse_date(start, "start_date")
             days = [d for d in days if d >= d0]
         if end:
-            d1 = _parse_date(end, "end_date")
+            d1 = parse_date(end, "end_date")
             days = [d for d in days if (d < d1 if self.config.end_exclusive else d <= d1)]
-            if start and d1 < _parse_date(start, "start_date"):
+            if start and d1 < parse_date(start, "start_date"):
                 raise ApiError(400, "VALIDATION_ERROR", "end_date is before start_date")
         recs = self.data.records(auth_ids, days)
-        if "call_direction" in filters:
-            want = filters["call_direction"]
-            if want not in ("inbound", "outbound"):
-                raise ApiError(400, "VALIDATION_ERROR", "call_direction must be inbound or outbound")
-            recs = [r for r in recs if r["call_direction"] == want]
-        if "status" in filters:
-            status = filters["status"]
-            if status not in _STATUS:
-                raise ApiError(400, "VALIDATION_ERROR", f"unknown status {status!r}")
-            status = status.replace("-", "_")
-            recs = [r for r in recs if _status_of(r) == status]
-        if "hangup_cause" in filters:
-            cause = filters["hangup_cause"].upper()
-            recs = [r for r in recs if (r["hangup_cause"] or "") == cause]
-        if "min_duration" in filters:
-            low = _parse_int(filters["min_duration"], "min_duration", 0)
-            recs = [r for r in recs if r["duration"] >= low]
-        if "from_number" in filters:
-            frm = filters["from_number"]
-            recs = [r for r in recs if frm in r["caller_id_number"]]
-        if "to_number" in filters:
-            to = filters["to_number"]
-            recs = [r for r in recs if to in r["destination_number"]]
+        recs = apply_filters(recs, filters)
         out = (recs, summarize(recs))
         self._filtered[key] = out
         if len(self._filtered) > 256:
@@ -360,7 +218,10 @@ class Simulator:
         return out
 
     def _page(self, request: web.Request, auth_ids: list[str], envelope: dict[str, Any], pair: bool) -> bytes:
-        filters, page, per_page = self._query(request)
+        q = request.query
+        filters = {k: q[k] for k in FILTERS if q.get(k, "") != ""}
+        page = parse_int(q.get("page", "1"), "page", 1)
+        per_page = min(parse_int(q.get("per_page", "20"), "per_page", 1), self.config.max_per_page)
         shard = auth_ids[0] if len(auth_ids) == 1 else "global"
         self.shard_requests[(shard, filters.get("start_date", ""))] += 1
         key = (request.path, tuple(sorted(filters.items())), page, per_page, self.data.version)
@@ -368,26 +229,7 @@ class Simulator:
         if cached is not None:
             return cached
         recs, summary = self._select(auth_ids, filters, pair)
-        total = len(recs)
-        pages = math.ceil(total / per_page) if total else 0
-        data = recs[(page - 1) * per_page : page * per_page]
-        body = orjson.dumps(
-            {
-                "success": True,
-                **envelope,
-                "count": len(data),
-                "data": data,
-                "pagination": {
-                    "page": page,
-                    "per_page": per_page,
-                    "total": total,
-                    "pages": pages,
-                    "has_next": page < pages,
-                    "has_prev": page > 1,
-                },
-                "summary": summary,
-            }
-        )
+        body = page_body(recs, summary, page, per_page, envelope)
         self._pages[key] = body
         self._page_bytes += len(body)
         while self._page_bytes > self.config.page_cache_mb * 2**20 and self._pages:
@@ -401,27 +243,19 @@ class Simulator:
             raise ApiError(404, "ACCOUNT_NOT_FOUND", f"customer {cust} not found under this partner")
         return cust
 
-    async def _customer_cdrs(self, request: web.Request) -> web.StreamResponse:
-        def build() -> bytes:
-            cust = self._customer(request)
-            env = {"account_id": cust, "account_auth_id": cust}
-            return self._page(request, [cust], env, pair=False)
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        """A CDR list: one customer's (partner), the global feed, or an account's own."""
+        account = request.match_info.get("auth_id")
 
-        return await self._serve(request, None, build)
-
-    async def _global_cdrs(self, request: web.Request) -> web.StreamResponse:
         def build() -> bytes:
+            if account is not None:
+                return self._page(request, [account], {"account_id": account}, pair=True)
+            if "customer" in request.match_info:
+                cust = self._customer(request)
+                return self._page(request, [cust], {"account_id": cust, "account_auth_id": cust}, pair=False)
             ids = [c.auth_id for c in self.data.customer_list]
             env = {"account_id": self.config.auth_id, "account_auth_id": self.config.auth_id}
             return self._page(request, ids, env, pair=False)
-
-        return await self._serve(request, None, build)
-
-    async def _account_cdrs(self, request: web.Request) -> web.StreamResponse:
-        account = request.match_info["auth_id"]
-
-        def build() -> bytes:
-            return self._page(request, [account], {"account_id": account}, pair=True)
 
         return await self._serve(request, account, build)
 
@@ -435,18 +269,14 @@ class Simulator:
                     return rec
         raise ApiError(404, "CDR_NOT_FOUND", f"no CDR with uuid {uuid}")
 
-    async def _customer_cdr(self, request: web.Request) -> web.StreamResponse:
-        def build() -> bytes:
-            return orjson.dumps(self._find(self._customer(request), request.match_info["uuid"]))
-
-        return await self._serve(request, None, build)
-
-    async def _account_cdr(self, request: web.Request) -> web.StreamResponse:
-        account = request.match_info["auth_id"]
+    async def _one(self, request: web.Request) -> web.StreamResponse:
+        """One CDR by uuid: the bare object (partner), or ``{data, success}`` (account)."""
+        account = request.match_info.get("auth_id")
 
         def build() -> bytes:
-            rec = self._find(account, request.match_info["uuid"])
-            return orjson.dumps({"data": rec, "success": True})
+            if account is None:
+                return orjson.dumps(self._find(self._customer(request), request.match_info["uuid"]))
+            return orjson.dumps({"data": self._find(account, request.match_info["uuid"]), "success": True})
 
         return await self._serve(request, account, build)
 
@@ -454,8 +284,8 @@ class Simulator:
     async def _accounts(self, request: web.Request) -> web.StreamResponse:
         def build() -> bytes:
             q = request.query
-            page = _parse_int(q.get("page", "1"), "page", 1)
-            size = _parse_int(q.get("per_page", q.get("size", "20")), "per_page", 1)
+            page = parse_int(q.get("page", "1"), "page", 1)
+            size = parse_int(q.get("per_page", q.get("size", "20")), "per_page", 1)
             size = min(size, 100)
             custs = self.data.customer_list
             search = q.get("search", "").lower()
@@ -472,24 +302,3 @@ class Simulator:
             )
 
         return await self._serve(request, None, build)
-
-    # -- control -------------------------------------------------------------------------
-    async def _ctl_stats(self, request: web.Request) -> web.Response:
-        body = {
-            "stats": dict(self.stats),
-            "shard_requests": {f"{a}|{d}": n for (a, d), n in self.shard_requests.items()},
-        }
-        return web.json_response(body)
-
-    async def _ctl_freeze(self, request: web.Request) -> web.Response:
-        self.freeze()
-        return web.json_response({"frozen": True})
-
-    async def _ctl_release(self, request: web.Request) -> web.Response:
-        self.released.set()
-        return web.json_response({"released": True})
-
-    async def _ctl_late(self, request: web.Request) -> web.Response:
-        q = request.query
-        rec = self.data.add_late_record(q["account"], dt.date.fromisoformat(q["date"]))
-        return web.json_response({"uuid": rec["uuid"]})

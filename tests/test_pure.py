@@ -1,0 +1,222 @@
+"""Unit tests of the pure parts, as specifications: planning, pacing with a fake clock,
+dedupe and order, coercions, the day-window reading, manifest records."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from harvester.api.pacing import AutoRate, FixedRate, Pacer, make_pacer
+from harvester.config import HarvestConfig
+from harvester.harvest import window
+from harvester.harvest.plan import HARVEST, RECHECK, SKIP, plan
+from harvester.lake.lake import Lake
+from harvester.records.assemble import dedupe, order
+from harvester.records.decode import _LOST, _to_float, _to_int, _to_str, _to_ts
+from harvester.records.shard import Shard
+
+D = dt.date(2026, 3, 10)
+
+
+def _cfg(**kw: Any) -> HarvestConfig:
+    base: dict[str, Any] = {
+        "base_url": "http://127.0.0.1:1",
+        "auth_id": "PA_X",
+        "auth_token": "t",
+        "out": Path("lake"),
+        "start_date": D,
+        "end_date": D,
+        "today": D + dt.timedelta(days=1),
+        "filters": MappingProxyType({}),
+    }
+    return HarvestConfig(**{**base, **kw})
+
+
+# -- planning ----------------------------------------------------------------------------------
+def test_plan_modes_from_the_manifest() -> None:
+    prior = {
+        f"{D}/A": {"verified": True, "scope": "partner", "date": str(D), "account": "A"},
+        f"{D}/B": {"verified": False, "scope": "partner", "date": str(D), "account": "B"},
+        f"{D - dt.timedelta(days=1)}/A": {"verified": True},
+        # committed while its day was open, outside the range asked: re-checked anyway
+        f"{D - dt.timedelta(days=5)}/C": {
+            "open_day": True,
+            "scope": "partner",
+            "date": "2026-03-05",
+            "account": "C",
+        },
+    }
+    got = {(p.shard.day, p.shard.who): p.mode for p in plan(_cfg(lookback=1), ["A", "B"], prior)}
+    assert got == {
+        (D, "A"): SKIP,
+        (D, "B"): HARVEST,
+        (D - dt.timedelta(days=1), "A"): RECHECK,  # in the lookback
+        (D - dt.timedelta(days=1), "B"): HARVEST,
+        (dt.date(2026, 3, 5), "C"): RECHECK,
+    }
+    refresh = plan(_cfg(refresh=True), ["A", "B"], prior)
+    assert {p.mode for p in refresh} == {HARVEST} and len(refresh) == 2
+
+
+def test_plan_is_newest_day_first_and_global_is_one_shard_a_day() -> None:
+    got = plan(_cfg(start_date=D - dt.timedelta(days=2), scope="global"), [None], {})
+    assert [p.shard for p in got] == [Shard(D - dt.timedelta(days=n), "global", None) for n in range(3)]
+
+
+# -- pacing --------------------------------------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_auto_rate_grows_then_settles_under_the_refused_rate() -> None:
+    clock = Clock()
+    rate = AutoRate(start=5.0, clock=clock)
+    for _ in range(8):  # 2 s of successes: slow start grows 1.5× a second
+        clock.t += 0.25
+        rate.on_success()
+    assert rate.current == pytest.approx(5.0 * 1.5**2, rel=0.01)
+    refused = rate.current
+    rate.on_throttle(None)
+    # Down to 90% of the refused rate; the ceiling a little under the refused rate.
+    assert rate.ceiling == pytest.approx(0.97 * refused) and rate.current == pytest.approx(0.9 * refused)
+    rate.on_throttle(None)  # the same burst (within 1 s): cut once
+    assert rate.current == pytest.approx(0.9 * refused)
+    for _ in range(400):  # 100 s without a 429: creeps back up, the ceiling is raised slowly
+        clock.t += 0.25
+        rate.on_success()
+    assert refused < rate.current < 2 * refused
+
+
+def test_auto_rate_takes_a_named_limit() -> None:
+    clock = Clock()
+    rate = AutoRate(start=30.0, clock=clock)
+    rate.on_throttle(20.0)
+    assert rate.named and rate.ceiling == 20.0 and rate.current == pytest.approx(19.0)
+
+
+async def test_auto_rate_spaces_requests_by_its_rate() -> None:
+    clock = Clock()
+    rate = AutoRate(start=10.0, clock=clock)
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    asyncio.sleep = fake_sleep  # type: ignore[assignment]
+    try:
+        for _ in range(3):
+            await rate.acquire()
+    finally:
+        asyncio.sleep = real_sleep  # type: ignore[assignment]
+    assert slept == pytest.approx([0.1, 0.2])  # slots 0, 0.1, 0.2 s from a clock that stood still
+
+
+def test_make_pacer() -> None:
+    assert type(make_pacer(None)) is Pacer and make_pacer("unlimited").rate is None
+    assert isinstance(make_pacer("auto"), AutoRate)
+    fixed = make_pacer(20.0)
+    assert isinstance(fixed, FixedRate) and fixed.rate == 20.0 and fixed.describe() == "20/s"
+
+
+# -- dedupe and order ---------------------------------------------------------------------------------
+def test_dedupe_keeps_the_latest_update_and_order_is_newest_first() -> None:
+    t = pa.table(
+        {
+            "uuid": ["a", "b", "a", "c"],
+            "updated_at": pa.array([1, 5, 3, 2], pa.timestamp("us", "UTC")),
+            "start_time": pa.array([10, 30, 10, 20], pa.timestamp("us", "UTC")),
+            "account_id": ["Y", "X", "Y", "X"],
+        }
+    )
+    one = dedupe(t)
+    assert sorted(one.column("uuid").to_pylist()) == ["a", "b", "c"]
+    assert {r["uuid"]: r["updated_at"].timestamp() * 1e6 for r in one.to_pylist()}["a"] == 3
+    assert order(one).column("uuid").to_pylist() == ["b", "c", "a"]
+    assert order(one, by_account=True).column("uuid").to_pylist() == ["b", "c", "a"]
+    assert order(one, by_account=True).column("account_id").to_pylist() == ["X", "X", "Y"]
+
+
+# -- coercions ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fn", "value", "want"),
+    [
+        (_to_int, "42", 42),
+        (_to_int, 7.0, 7),
+        (_to_int, 7.5, _LOST),
+        (_to_int, "1e3", 1000),
+        (_to_int, "99999999999999999999", _LOST),
+        (_to_int, 2**63, _LOST),
+        (_to_int, True, 1),
+        (_to_float, "0.25", 0.25),
+        (_to_float, "NaN", _LOST),
+        (_to_float, "inf", _LOST),
+        (_to_float, [1], _LOST),
+        (_to_str, 16, "16"),
+        (_to_str, {"b": 1, "a": 2}, '{"a":2,"b":1}'),
+        (_to_ts, "2026-03-25T10:00:00+05:30", dt.datetime(2026, 3, 25, 4, 30, tzinfo=dt.UTC)),
+        (_to_ts, "yesterday", _LOST),
+    ],
+)
+def test_coercions(fn: Any, value: Any, want: Any) -> None:
+    assert fn(value) == want if want is not _LOST else fn(value) is _LOST
+
+
+# -- the day window -----------------------------------------------------------------------------------
+def _totals(inclusive: bool, lag_first: int = 0) -> Any:
+    """A server's totals for day ranges: 10 calls a day; the first ``lag_first`` one-day
+    answers lag (0)."""
+    lagged = {"n": 0}
+
+    async def total(shard: Shard, start: dt.date, end: dt.date) -> int:
+        days = (end - start).days + (1 if inclusive else 0)
+        if start == end and lagged["n"] < lag_first:
+            lagged["n"] += 1
+            return 0
+        return 10 * days
+
+    return total
+
+
+async def test_window_needs_two_agreeing_probes() -> None:
+    shards = [Shard(D - dt.timedelta(days=n), "partner", "A") for n in range(1, 4)]
+    assert await window.learn(None, shards, _totals(inclusive=True)) == ("inclusive", True)
+    assert await window.learn(None, shards, _totals(inclusive=False)) == ("exclusive", True)
+    # One lagging probe reads as exclusive: not believed, and not recorded.
+    assert await window.learn(None, shards, _totals(inclusive=True, lag_first=2)) == ("inclusive", True)
+    assert await window.learn(None, shards[:1], _totals(inclusive=True, lag_first=2)) == ("inclusive", False)
+    # A recorded "exclusive" is re-checked; "inclusive" is kept without a probe.
+    assert await window.learn("exclusive", shards, _totals(inclusive=True)) == ("inclusive", True)
+    assert await window.learn("inclusive", [], _totals(inclusive=False)) == ("inclusive", False)
+
+
+# -- manifest records -----------------------------------------------------------------------------------
+def test_manifest_records_round_trip_and_a_torn_one_reads_as_absent(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    lake.open({"scope": "partner", "filters": {}})
+    shard = Shard(D, "partner", "MA_1")
+    lake.commit(shard, {"shard": shard.key, "rows": 3, "verified": True})
+    assert lake.committed(shard) == {"shard": shard.key, "rows": 3, "verified": True}
+    assert [r["shard"] for r in lake.manifest()] == [shard.key]
+    (tmp_path / "lake" / lake.manifest_key(shard)).write_text('{"shard": ')  # torn
+    assert lake.committed(shard) is None and lake.manifest() == []
+    lake.close()
+    assert (tmp_path / "lake" / "_lake.json").exists() and not (tmp_path / "lake" / "_lock").exists()
+
+
+def test_a_lake_that_committed_nothing_leaves_no_directory(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    lake.open({"scope": "partner", "filters": {}})
+    lake.close()
+    assert not (tmp_path / "lake").exists()
