@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -93,6 +94,20 @@ async def test_open_day_is_rechecked_until_closed(start_sim, tmp_path: Path) -> 
     assert third["shards"]["rechecked"] == 1
     fourth = await run_harvest(sim, out, today=last + dt.timedelta(days=1))
     assert fourth["shards"]["skipped"] == 2 and fourth["requests"] == 1  # only the listing
+    assert_lake_equals(out, all_records(sim))
+
+
+async def test_a_deleted_day_is_harvested_again(start_sim, tmp_path: Path) -> None:
+    """A shard whose manifest says committed but whose file is gone is harvested again,
+    never counted complete."""
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=120)))
+    out = tmp_path / "lake"
+    assert (await run_harvest(sim, out))["exit_code"] == 0
+    gone = sim.data.day_list[0]
+    shutil.rmtree(out / f"date={gone}")
+    rep = await run_harvest(sim, out)
+    assert rep["exit_code"] == 0
+    assert rep["shards"]["reharvested"] == 2 and rep["shards"]["skipped"] == 2
     assert_lake_equals(out, all_records(sim))
 
 

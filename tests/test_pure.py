@@ -15,7 +15,7 @@ import pytest
 from harvester.api.pacing import AutoRate, FixedRate, Pacer, make_pacer
 from harvester.config import HarvestConfig
 from harvester.harvest import window
-from harvester.harvest.plan import HARVEST, RECHECK, SKIP, plan
+from harvester.harvest.plan import HARVEST, RECHECK, SKIP, manifest_days, plan
 from harvester.lake.lake import Lake
 from harvester.records.assemble import dedupe, order
 from harvester.records.decode import _LOST, _to_float, _to_int, _to_str, _to_ts
@@ -60,6 +60,8 @@ def test_plan_modes_from_the_manifest() -> None:
         (D - dt.timedelta(days=1), "B"): HARVEST,
         (dt.date(2026, 3, 5), "C"): RECHECK,
     }
+    gone = {**prior, f"{D}/A": {**prior[f"{D}/A"], "file_missing": True}}
+    assert plan(_cfg(), ["A"], gone)[0].mode == HARVEST  # committed, but its file is gone
     refresh = plan(_cfg(refresh=True), ["A", "B"], prior)
     assert {p.mode for p in refresh} == {HARVEST} and len(refresh) == 2
 
@@ -208,9 +210,11 @@ def test_manifest_records_round_trip_and_a_torn_one_reads_as_absent(tmp_path: Pa
     shard = Shard(D, "partner", "MA_1")
     lake.commit(shard, {"shard": shard.key, "rows": 3, "verified": True})
     assert lake.committed(shard) == {"shard": shard.key, "rows": 3, "verified": True}
-    assert [r["shard"] for r in lake.manifest()] == [shard.key]
+    assert [r["shard"] for r in lake.manifest([D])] == [shard.key] and lake.manifest(
+        [D - dt.timedelta(1)]
+    ) == []
     (tmp_path / "lake" / lake.manifest_key(shard)).write_text('{"shard": ')  # torn
-    assert lake.committed(shard) is None and lake.manifest() == []
+    assert lake.committed(shard) is None and lake.manifest([D]) == []
     lake.close()
     assert (tmp_path / "lake" / "_lake.json").exists() and not (tmp_path / "lake" / "_lock").exists()
 
@@ -220,3 +224,8 @@ def test_a_lake_that_committed_nothing_leaves_no_directory(tmp_path: Path) -> No
     lake.open({"scope": "partner", "filters": {}})
     lake.close()
     assert not (tmp_path / "lake").exists()
+
+
+def test_a_run_reads_the_manifest_of_its_days_only() -> None:
+    got = manifest_days(_cfg(start_date=D - dt.timedelta(days=30), end_date=D - dt.timedelta(days=29)))
+    assert got[0] == D - dt.timedelta(days=30) and len(got) == 2 + 8  # the span, and the last week

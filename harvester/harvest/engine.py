@@ -22,7 +22,7 @@ from harvester.config import HarvestConfig
 from harvester.errors import ShardError, UsageError, shown
 from harvester.harvest import window
 from harvester.harvest.fetch import Fetched, Fetcher, at_once
-from harvester.harvest.plan import RECHECK, SKIP, Planned, plan
+from harvester.harvest.plan import RECHECK, SKIP, Planned, manifest_days, plan
 from harvester.harvest.pool import DecodePool
 from harvester.lake.lake import Lake
 from harvester.records.shard import Shard
@@ -102,7 +102,8 @@ class Harvester:
         """Accounts, then every shard with its mode (from the manifest as it is now)."""
         accounts = await self.accounts()
         self.stats.accounts = len([a for a in accounts if a])
-        self._prior = {str(rec.get("shard")): rec for rec in self.lake.manifest()}
+        records = self.lake.manifest(manifest_days(self.cfg))
+        self._prior = {str(rec.get("shard")): rec for rec in records}
         return plan(self.cfg, accounts, self._prior)
 
     async def learn_window(self, planned: list[Planned], record: bool) -> None:
@@ -147,7 +148,7 @@ class Harvester:
         prior = self._prior.get(shard.key)
         if mode == SKIP:
             return ShardResult(shard, "skipped", "skipped", rows=int(prior["rows"]) if prior else 0)
-        if mode == RECHECK and prior is not None:
+        if mode == RECHECK and prior is not None and not prior.get("file_missing"):
             first = await self.fetcher.page(shard, 1, self.cfg.per_page)
             same = first.total == prior.get("api_total") and first.summary == prior.get("api_summary")
             if same and prior.get("verified"):

@@ -1,7 +1,7 @@
 """What a run does with each shard, decided from the settings and the manifest alone (a pure
 function: no request, no I/O).
 
-* ``harvest``: never committed, not verified, or ``--refresh``;
+* ``harvest``: never committed, not verified, its file gone from the lake, or ``--refresh``;
 * ``recheck``: committed, but in the ``--lookback`` days or committed while its day was
   open: page 1 is asked again and the shard re-harvested only if the API's numbers changed;
 * ``skip``: committed and verified on a closed day.
@@ -32,7 +32,7 @@ def plan(
     cfg: HarvestConfig, accounts: Iterable[str | None], prior: Mapping[str, Mapping[str, Any]]
 ) -> list[Planned]:
     """Every shard of the run, newest day first, with its mode. ``prior`` maps a shard's key
-    to its manifest record (the records of the planned days, and of open-day shards)."""
+    to its manifest record (those of :func:`manifest_days`)."""
     span = list(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
     planned: dict[Shard, str] = {}
     for shard in shards_for(cfg.scope, accounts, span):
@@ -47,8 +47,20 @@ def plan(
 
 
 def _mode(rec: Mapping[str, Any] | None, refresh: bool, in_lookback: bool) -> str:
-    if rec is None or refresh:
+    if rec is None or refresh or rec.get("file_missing"):
         return HARVEST
     if rec.get("open_day") or in_lookback:
         return RECHECK
     return SKIP if rec.get("verified") else HARVEST
+
+
+OPEN_DAYS_BACK = 7  # a shard committed while its day was open is found this many days later
+
+
+def manifest_days(cfg: HarvestConfig) -> list[dt.date]:
+    """The days whose manifest a run reads: the planned span, and the last week (where a
+    shard committed while its day was still open waits to be re-checked). Never the whole
+    lake: a nightly run costs the same over a lake of a year as over one of a week."""
+    span = set(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
+    span |= set(days(cfg.today - dt.timedelta(days=OPEN_DAYS_BACK), cfg.today))
+    return sorted(span)

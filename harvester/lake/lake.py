@@ -16,6 +16,8 @@ are skipped by Spark and DuckDB readers of the lake.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -108,19 +110,30 @@ class Lake:
     def committed(self, shard: Shard) -> dict[str, Any] | None:
         return read_json(self.store, self.manifest_key(shard))
 
-    def manifest(self) -> list[dict[str, Any]]:
-        """Every committed shard's record (read in parallel: an object store answers slowly)."""
-        keys = [
-            k
-            for k in self.store.keys("_manifest")
-            if k.endswith(".json") and not k.rsplit("/", 1)[-1].startswith(".")
-        ]
+    def manifest(self, days: Iterable[dt.date]) -> list[dict[str, Any]]:
+        """The committed records of ``days``, read in parallel (an object store answers slowly).
+        A record whose file is gone from the lake (deleted, expired by a lifecycle rule) comes
+        back with ``"file_missing": True``. Reads one listing of the manifest and one of the
+        data files per day: the cost follows the days asked, not the lake's age."""
+        keys: list[str] = []
+        files: set[str] = set()
+        for day in days:
+            keys += [k for k in self.store.keys(f"_manifest/date={day.isoformat()}") if _is_record(k)]
+            files |= set(self.store.keys(f"date={day.isoformat()}"))
         if self.store.local or len(keys) < 8:
             recs = [read_json(self.store, k) for k in keys]
         else:
             with ThreadPoolExecutor(16) as pool:
                 recs = list(pool.map(lambda k: read_json(self.store, k), keys))
-        return [r for r in recs if r is not None]
+        found = [r for r in recs if r is not None]
+        for rec in found:
+            if rec.get("file") and rec["file"] not in files:
+                rec["file_missing"] = True
+        return found
+
+
+def _is_record(key: str) -> bool:
+    return key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(".")
 
 
 def open_store(out: str | Path, endpoint_url: str | None = None, region: str | None = None) -> Store:
