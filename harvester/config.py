@@ -51,6 +51,7 @@ class HarvestConfig:
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     max_body_mb: int = 64  # an answer larger than this (decompressed) fails its shard
+    partition: tuple[int, int] | None = None  # (I, N): run only part I of N of the plan
 
     @property
     def workers(self) -> int:
@@ -184,6 +185,27 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
     if direction is not None and direction not in DIRECTIONS:
         raise UsageError(f"--call-direction {direction!r} is unknown: use inbound or outbound")
     return cfg
+
+
+def parse_partition(value: str | None, partitions: int | None, index: str | None) -> tuple[int, int] | None:
+    """``--partition I/N``, else ``--partitions N`` with Kubernetes' ``JOB_COMPLETION_INDEX``
+    (``index``) as I; None when neither is given."""
+    if value is None and partitions is None:
+        return None
+    fix = "use I/N with 0 <= I < N, e.g. --partition 0/3"
+    if value is not None:
+        i, sep, n = value.partition("/")
+    else:
+        if index is None:
+            raise UsageError("--partitions needs JOB_COMPLETION_INDEX (an Indexed Job) or --partition I/N")
+        i, sep, n = index, "/", str(partitions)
+    try:
+        part = (int(i), int(n))
+    except ValueError:
+        raise UsageError(f"--partition {shown(value or f'{index}/{partitions}')} is not I/N: {fix}") from None
+    if not sep or not 0 <= part[0] < part[1] or part[1] > 10_000:
+        raise UsageError(f"--partition {part[0]}/{part[1]} is out of range: {fix}")
+    return part
 
 
 def auto_workers() -> int:

@@ -10,6 +10,7 @@ the lake exact, or the shard reported unverified or failed, never "verified" by 
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from harvester.lake.store import check_key
 from harvester.sim import SimConfig
 from tests.conftest import PAST, all_records, assert_lake_equals, dataset, sim_env
 from tests.hostile import Hostile, Watched, answer, files_under, is_page, run_watched
@@ -235,8 +237,17 @@ def honest(h: Hostile, request: web.Request) -> Any:
 
 
 # -- checks ------------------------------------------------------------------------------------
+LAYOUT = re.compile(
+    r"_lake\.json|_manifest/date=\d{4}-\d{2}-\d{2}/MA_[A-Z0-9]+\.json|date=\d{4}-\d{2}-\d{2}/cdr-MA_[A-Z0-9]+\.parquet"
+)
+
+
 def exact(h: Hostile, out: Path, w: Watched, rep: dict[str, Any]) -> None:
+    """The lake equals the simulator, and every name in it is one the layout allows (each
+    walked and checked by the same function every write goes through)."""
     assert_lake_equals(out, all_records(h.sim))
+    names = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    assert names and all(LAYOUT.fullmatch(n) and check_key(n) == n for n in names), names
 
 
 def victim_fails_with(text: str) -> Callable[[Hostile, Path, Watched, dict[str, Any]], None]:

@@ -35,7 +35,7 @@ async def plan_only(cfg: HarvestConfig, probe: bool) -> dict[str, Any]:
 
             async def lane() -> None:
                 for shard in todo:
-                    firsts.append(await h.fetcher.page(shard, 1, cfg.per_page))
+                    firsts.append(await h.fetcher.pages.page(shard, 1, cfg.per_page))
 
             await at_once(lane() for _ in range(cfg.concurrency))
             requests = sum(max(1, p.pages) for p in firsts) + modes["recheck"]

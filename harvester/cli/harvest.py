@@ -22,6 +22,7 @@ from harvester.config import (
     check_base_url,
     check_range,
     parse_date,
+    parse_partition,
     parse_rate,
     validate,
 )
@@ -119,6 +120,18 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="stop cleanly after this many seconds (committed shards kept; exit 1)",
     )
+    t.add_argument(
+        "--partition",
+        metavar="I/N",
+        help="run only part I of N disjoint parts of the plan (by customer × day), locking that "
+        "part, not the lake: N workers harvest one lake at once",
+    )
+    t.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        help="as --partition, with I from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)",
+    )
     c = p.add_argument_group("completeness")
     c.add_argument(
         "--verify-attempts",
@@ -206,6 +219,7 @@ def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> Ha
         s3_endpoint_url=args.s3_endpoint_url,
         s3_region=args.s3_region,
         max_body_mb=args.max_body_mb,
+        partition=parse_partition(args.partition, args.partitions, os.environ.get("JOB_COMPLETION_INDEX")),
     )
     check_range("--progress-interval", args.progress_interval, 0.1, 86400, "use 0.1 to 86400 seconds")
     return validate(cfg, yes=args.yes)

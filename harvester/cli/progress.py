@@ -59,7 +59,7 @@ class Progress:
             self.tick()
 
     def snapshot(self) -> dict[str, Any]:
-        s, c, counts = self.h.stats, self.h.client.stats, self.h.fetcher.counts
+        s, c, counts = self.h.stats, self.h.client.stats, self.h.fetcher.pages.counts
         now = time.monotonic()
         when, records, requests = self._last
         dt = max(1e-9, now - when)

@@ -113,9 +113,11 @@ class Harvester:
         candidates.sort(key=lambda s: s.day + dt.timedelta(days=1) >= today)  # two closed days first
         known = self.lake.identity.server_fact("end_date")
         reading, new = await window.learn(
-            known if known in (window.INCLUSIVE, window.EXCLUSIVE) else None, candidates, self.fetcher.total
+            known if known in (window.INCLUSIVE, window.EXCLUSIVE) else None,
+            candidates,
+            self.fetcher.pages.total,
         )
-        self.fetcher.end_offset = 1 if reading == window.EXCLUSIVE else 0
+        self.fetcher.pages.end_offset = 1 if reading == window.EXCLUSIVE else 0
         if new and record:
             self.lake.identity.record_server_fact("end_date", reading)
 
@@ -149,7 +151,7 @@ class Harvester:
         if mode == SKIP:
             return ShardResult(shard, "skipped", "skipped", rows=int(prior["rows"]) if prior else 0)
         if mode == RECHECK and prior is not None and not prior.get("file_missing"):
-            first = await self.fetcher.page(shard, 1, self.cfg.per_page)
+            first = await self.fetcher.pages.numbers(shard)
             same = first.total == prior.get("api_total") and first.summary == prior.get("api_summary")
             if same and prior.get("verified"):
                 if prior.get("open_day") and shard.day < self.cfg.today:
@@ -175,6 +177,8 @@ class Harvester:
         it (the record is durable when this returns). Returns the file's bytes."""
         if fetched.staged is not None:
             nbytes = fetched.staged.publish()
+        elif fetched.data is not None:
+            nbytes = self.lake.write_file(shard, fetched.data)
         else:
             assert fetched.table is not None
             nbytes = self.lake.write_shard(shard, fetched.table)

@@ -22,52 +22,47 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from harvester.api.client import Client
-from harvester.api.endpoints import list_params, list_path
 from harvester.config import HarvestConfig
 from harvester.errors import DecodeError, HarvestError, ShardError
+from harvester.harvest.pages import PageSource
 from harvester.harvest.pool import DecodePool
 from harvester.lake.lake import Lake
 from harvester.lake.store import StagedTable
 from harvester.records.assemble import dedupe, order
-from harvester.records.decode import Collector, Page, check_shape, decode_page
+from harvester.records.decode import Collector, Page
 from harvester.records.shard import Shard
 from harvester.records.verify import Verdict, contradiction, missing_uuids, table_sums, verify_counts
 
 log = logging.getLogger("harvester.harvest.fetch")
 T = TypeVar("T")
+# A closed day of at most this many records is encoded by a decode worker from its page
+# bodies, which the loop holds until the last arrives (~1.5 MB per 1,000 records).
+ENCODED_ROWS = 5_000
 
 
 @dataclass
 class Fetched:
-    """A shard's rows, fetched and verified but not yet visible: in memory (``table``), or in a
-    staged file (``staged``, for a shard too large to hold) that appears on publish."""
+    """A shard's rows, fetched and verified but not yet visible: in memory (``table``), encoded
+    by a decode worker (``data``, the Parquet file's bytes), or in a staged file (``staged``,
+    for a shard too large to hold) that appears on publish."""
 
     first: Page  # the page 1 the shard was verified against
     verdict: Verdict
     pages: int
     attempts: int = 1
     table: pa.Table | None = None
+    data: bytes | None = None
     staged: StagedTable | None = None
 
     @property
     def rows(self) -> int:
         return self.verdict.rows
-
-
-@dataclass
-class Counts:
-    """What fetching has done so far (the progress bar and the report read these)."""
-
-    pages: int = 0
-    fetched: int = 0  # records received in pages, before dedupe
-    worker_pages: int = 0  # pages decoded by the decode workers
-    problems: list[str] = field(default_factory=list)
 
 
 class Fetcher:
@@ -76,44 +71,13 @@ class Fetcher:
     def __init__(
         self, cfg: HarvestConfig, client: Client, lake: Lake, pool: DecodePool | None, io: Executor
     ) -> None:
-        self.cfg, self.client, self.lake, self.pool, self.io = cfg, client, lake, pool, io
-        self.counts = Counts()
-        self.end_offset = 0  # 1 when the server reads end_date as exclusive (harvest.window)
+        self.cfg, self.lake, self.pool, self.io = cfg, lake, pool, io
+        self.pages = PageSource(cfg, client, pool)
         self._streams = asyncio.Semaphore(2)  # shards streaming to their files at once
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """Blocking shard work (assembly, files, object stores) on the I/O threads."""
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
-
-    # -- one page ---------------------------------------------------------------------------
-    async def _get(self, shard: Shard, n: int, per_page: int, decode: Callable[[bytes], T]) -> T:
-        params = list_params(shard.day, self.cfg.filters, n, per_page, self.end_offset)
-        path = list_path(shard.scope, shard.account)
-        return await self.client.get(path, params, decode, f"shard {shard.key} page {n}")
-
-    async def page(self, shard: Shard, n: int, per_page: int) -> Page:
-        """Page ``n`` of a shard, decoded by a worker when there are workers; a body a worker
-        cannot decode is fetched again and decoded here (with the client's retries)."""
-        page: Page | None = None
-        if self.pool is not None and not self.pool.broken:
-            body = await self._get(shard, n, per_page, check_shape)
-            try:
-                page = await self.pool.decode(body, n, per_page)
-                self.counts.worker_pages += 1
-            except DecodeError as e:
-                log.info("shard %s page %d: %s; fetching it again", shard.key, n, e)
-        if page is None:
-            page = await self._get(shard, n, per_page, lambda body: decode_page(body, n, per_page))
-        self.counts.pages += 1
-        self.counts.fetched += page.rows
-        return page
-
-    async def total(self, shard: Shard, start: Any, end: Any) -> int:
-        """The API's total for ``shard``'s query over ``start``..``end`` (one record asked)."""
-        params = list_params(start, self.cfg.filters, 1, 1, (end - start).days)
-        what = f"shard {shard.key} day-window probe {start}..{end}"
-        path = list_path(shard.scope, shard.account)
-        return (await self.client.get(path, params, lambda b: decode_page(b, 1, 1), what)).total
 
     # -- one shard --------------------------------------------------------------------------
     async def fetch(self, shard: Shard) -> Fetched:
@@ -147,15 +111,43 @@ class Fetcher:
 
     async def _fan_out(self, shard: Shard, problems: list[str]) -> Fetched:
         """Closed day: probe page 1, then the other pages through the lanes."""
-        first = await self.page(shard, 1, self.cfg.per_page)
+        first, body = await self.pages.page_and_body(shard, 1, self.cfg.per_page)
         if first.total > self.cfg.stream_rows:  # too large to hold: written as it arrives
             async with self._streams:
                 return await self._stream(shard, first, problems)
+        if body is not None and first.pages > 1 and first.total <= ENCODED_ROWS:
+            encoded = await self._encoded(shard, first, body, problems)
+            if encoded is not None:
+                return encoded
         got = Collector()
         got.add(first)
         _note(problems, contradiction(first, first, 1))
         await self._pages_into(got, shard, range(2, first.pages + 1), first, problems)
         return await self._verified(got, shard, first, problems)
+
+    async def _encoded(self, shard: Shard, first: Page, body: bytes, problems: list[str]) -> Fetched | None:
+        """A small closed day whose page bodies a decode worker turns into its file: the loop
+        only fetches (each page checked against page 1 once the worker has read it). None
+        when the worker fails: the caller fetches the pages again, decoding them itself."""
+        assert self.pool is not None
+        bodies: dict[int, bytes] = {1: body}
+
+        async def one(n: int) -> None:
+            bodies[n] = await self.pages.body(shard, n, first.per_page)
+
+        await self._lanes(range(2, first.pages + 1), one, problems)
+        try:
+            enc = await self.pool.encode(
+                [bodies[n] for n in sorted(bodies)], first.per_page, shard.scope == "global"
+            )
+        except DecodeError as e:
+            log.info("shard %s: %s; decoding its pages here", shard.key, e)
+            return None
+        for n, page in enumerate(enc.pages[1:], start=2):
+            self.pages.count(page, in_worker=True)
+            _note(problems, contradiction(first, page, n))
+        verdict = verify_counts(enc.rows, enc.sums, first.total, first.summary, enc.missing, problems)
+        return Fetched(first, verdict, len(enc.pages), data=enc.data)
 
     async def _stream(self, shard: Shard, first: Page, problems: list[str]) -> Fetched:
         """A closed day too large to hold: its pages fetched a window at a time, each window
@@ -211,7 +203,7 @@ class Fetcher:
         """Fetch the given pages of a closed day into ``got``, each checked against page 1."""
 
         async def one(n: int) -> None:
-            page = await self.page(shard, n, first.per_page)
+            page = await self.pages.page(shard, n, first.per_page)
             got.add(page)
             _note(problems, contradiction(first, page, n))
 
@@ -243,7 +235,7 @@ class Fetcher:
         open_day = shard.day >= self.cfg.today
         got = Collector(track_uuids=True)
         assert got.seen is not None
-        first = await self.page(shard, 1, self.cfg.per_page)
+        first = await self.pages.page(shard, 1, self.cfg.per_page)
         per_page = first.per_page
         got.add(first)
         limit = first.pages * 2 + 10 if open_day else first.pages
@@ -251,7 +243,7 @@ class Fetcher:
             _note(problems, contradiction(first, first, 1))
         n, last = 2, first
         while n <= min(last.pages, limit) and not problems:
-            last = await self.page(shard, n, per_page)
+            last = await self.pages.page(shard, n, per_page)
             got.add(last)
             if not open_day:
                 _note(problems, contradiction(first, last, n))
@@ -259,7 +251,7 @@ class Fetcher:
         for _ in range(self.cfg.verify_attempts * 4):
             if problems:
                 break
-            probe = await self.page(shard, 1, per_page)
+            probe = await self.pages.page(shard, 1, per_page)
             fresh = got.add(probe)
             first = probe if open_day else first
             if len(got.seen) == probe.total:
@@ -268,7 +260,7 @@ class Fetcher:
             # page brings nothing new (or the end), then probe again.
             n = 2
             while n <= min(probe.pages, limit):
-                new = got.add(await self.page(shard, n, per_page))
+                new = got.add(await self.pages.page(shard, n, per_page))
                 fresh += new
                 if new == 0:
                     break

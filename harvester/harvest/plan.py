@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harvester.config import HarvestConfig
-from harvester.records.shard import Shard, days, shards_for
+from harvester.records.shard import Shard, days, part_of, shards_for
 
 HARVEST, RECHECK, SKIP = "harvest", "recheck", "skip"
 
@@ -42,6 +42,9 @@ def plan(
         if rec.get("open_day") and rec.get("scope") == cfg.scope and not cfg.refresh:
             shard = Shard(dt.date.fromisoformat(str(rec["date"])), cfg.scope, rec.get("account"))
             planned.setdefault(shard, RECHECK)
+    if cfg.partition is not None:  # only this run's part of the plan
+        index, parts = cfg.partition
+        planned = {shard: mode for shard, mode in planned.items() if part_of(shard.key, parts) == index}
     ordered = sorted(planned.items(), key=lambda kv: (kv[0].day, kv[0].who), reverse=True)
     return [Planned(shard, mode) for shard, mode in ordered]
 

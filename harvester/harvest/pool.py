@@ -7,11 +7,17 @@ would not help; a process does. The pool is the standard library's
 imported the decoder, never from the harvester's own process, so no worker inherits a
 running event loop, its threads or its sockets.
 
-A worker answers one page at a time with the page's own numbers and its records as an Arrow
-IPC message. Whatever goes wrong in a worker comes back as :class:`DecodeError`, and the
-engine then fetches and decodes that page itself; a pool whose process died is not used
-again (``broken``). The harvester runs the same code path without a pool: only where a
-page is decoded differs.
+A worker answers one of two requests:
+
+* ``decode``: one page body → the page's own numbers and its records as an Arrow IPC message;
+* ``encode``: all the page bodies of a small closed day → each page's numbers, and the shard
+  joined, deduplicated, ordered, summed and encoded as its Parquet file, so the harvester's
+  own process only fetches and writes the bytes (no records cross back).
+
+Whatever goes wrong in a worker comes back as :class:`DecodeError`, and the engine then
+fetches and decodes those pages itself; a pool whose process died is not used again
+(``broken``). The harvester runs the same code path without a pool: only where a page is
+decoded differs.
 """
 
 from __future__ import annotations
@@ -25,13 +31,17 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from harvester.errors import DecodeError
-from harvester.records.decode import RAW, Page, Part, decode_page
+from harvester.records.assemble import dedupe, order
+from harvester.records.decode import RAW, Collector, Page, Part, decode_page
+from harvester.records.encoding import parquet_bytes
 from harvester.records.schema import SCHEMA
+from harvester.records.verify import missing_uuids, table_sums
 
 log = logging.getLogger("harvester.workers")
 _RAW_SCHEMA = pa.schema([pa.field("r", RAW)])
@@ -42,16 +52,7 @@ def _decode(body: bytes, asked_page: int, per_page: int) -> tuple[dict[str, Any]
     or ``({"error": why}, "error", b"")``."""
     try:
         page = decode_page(body, asked_page, per_page)
-        numbers = {
-            "page": page.page,
-            "per_page": page.per_page,
-            "total": page.total,
-            "pages": page.pages,
-            "has_next": page.has_next,
-            "summary": page.summary,
-            "rows": page.rows,
-            "unknown": page.part.unknown,
-        }
+        numbers = _numbers(page)
         part = page.part
         if part.done is not None:
             return numbers, "done", part.done.serialize().to_pybytes()
@@ -63,6 +64,48 @@ def _decode(body: bytes, asked_page: int, per_page: int) -> tuple[dict[str, Any]
         return {"error": str(e) or type(e).__name__}, "error", b""
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A shard a worker encoded: each page's numbers (page 1 first), the file's distinct
+    rows, rows without a uuid, the reconciled sums, and the Parquet file (empty: no rows)."""
+
+    pages: list[Page]
+    rows: int
+    missing: int
+    sums: dict[str, float]
+    data: bytes
+
+
+def _encode(bodies: list[bytes], per_page: int, by_account: bool) -> tuple[Any, ...]:
+    """In a worker: pages 1..N of a shard → ("ok", numbers of each page, rows, missing, sums,
+    file bytes), or ("error", why)."""
+    try:
+        got = Collector()
+        numbers = []
+        for n, body in enumerate(bodies, start=1):
+            page = decode_page(body, n, per_page)
+            got.add(page)
+            numbers.append(_numbers(page))
+        table = order(dedupe(got.table()), by_account)
+        data = parquet_bytes(table).to_pybytes() if table.num_rows else b""
+        return "ok", numbers, table.num_rows, missing_uuids(table), table_sums(table), data
+    except Exception as e:  # any failure: the loop fetches and decodes the shard itself
+        return ("error", str(e) or type(e).__name__)
+
+
+def _numbers(page: Page) -> dict[str, Any]:
+    return {
+        "page": page.page,
+        "per_page": page.per_page,
+        "total": page.total,
+        "pages": page.pages,
+        "has_next": page.has_next,
+        "summary": page.summary,
+        "rows": page.rows,
+        "unknown": page.part.unknown,
+    }
+
+
 def _page(numbers: dict[str, Any], kind: str, message: bytes) -> Page:
     """A worker's answer → the page it decoded."""
     rows = numbers["rows"]
@@ -71,8 +114,8 @@ def _page(numbers: dict[str, Any], kind: str, message: bytes) -> Page:
     elif kind == "raw":
         raw = pa.ipc.read_record_batch(pa.py_buffer(message), _RAW_SCHEMA).column(0)
         part = Part(rows, raw, numbers["unknown"])
-    else:
-        part = Part(0)
+    else:  # "kept": the records stayed in the worker; "empty": there are none
+        part = Part(rows if kind == "kept" else 0)
     n = numbers
     return Page(part, n["page"], n["per_page"], n["total"], n["pages"], n["has_next"], n["summary"])
 
@@ -108,7 +151,11 @@ class DecodePool:
         method = "forkserver" if "forkserver" in methods and sys.platform != "darwin" else "spawn"
         context = multiprocessing.get_context(method)
         if method == "forkserver":
-            context.set_forkserver_preload(["harvester.harvest.pool"])
+            # The fork server imports the decoder once, and every worker forked from it
+            # starts with it loaded. pandas too, where it is installed: pyarrow imports it the
+            # first time it converts a list (0.5 s of CPU in each process otherwise); a
+            # module that is not installed is skipped.
+            context.set_forkserver_preload(["harvester.harvest.pool", "pandas"])
         self.broken = False
         self.workers = workers
         self._executor = ProcessPoolExecutor(
@@ -140,6 +187,23 @@ class DecodePool:
             return _page(numbers, kind, message)
         except (pa.ArrowException, KeyError, TypeError) as e:
             raise DecodeError(f"decode worker answer unreadable: {e}") from None
+
+    async def encode(self, bodies: list[bytes], per_page: int, by_account: bool) -> Encoded:
+        """A small closed day's page bodies (page 1 first) encoded by a worker as its file;
+        :class:`DecodeError` on any failure."""
+        if self.broken:
+            raise DecodeError("decode workers unavailable")
+        loop = asyncio.get_running_loop()
+        try:
+            answer = await loop.run_in_executor(self._executor, _encode, bodies, per_page, by_account)
+        except (BrokenProcessPool, RuntimeError) as e:
+            self.broken = True
+            raise DecodeError(f"decode worker lost ({type(e).__name__})") from None
+        if answer[0] != "ok":
+            raise DecodeError(str(answer[1]))
+        _, numbers, rows, missing, sums, data = answer
+        pages = [_page(n, "kept", b"") for n in numbers]
+        return Encoded(pages, rows, missing, sums, data)
 
     def close(self) -> None:
         """Stop the workers (each finishes the page it is on)."""

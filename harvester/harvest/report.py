@@ -31,7 +31,7 @@ def build(
     started: float,
 ) -> dict[str, Any]:
     """The run's facts, with stable keys (documented in the README)."""
-    stats, counts = harvester.stats, harvester.fetcher.counts
+    stats, counts = harvester.stats, harvester.fetcher.pages.counts
     elapsed = max(1e-9, time.monotonic() - started)
     c = stats.count()
     glob = f"{cfg.out}/**/*.parquet"

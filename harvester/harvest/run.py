@@ -104,7 +104,7 @@ async def _harvest(
     )
     try:
         async with client:
-            lake.open(cfg.identity)
+            lake.open(cfg.identity, cfg.partition)
             reporter = progress(harvester) if progress else None
             try:
                 if reporter is not None:

@@ -34,7 +34,7 @@ from harvester.lake.objects import ObjectStore
 from harvester.lake.store import StagedTable, Store, is_uri, read_json
 from harvester.records.encoding import WRITE_OPTIONS, parquet_bytes
 from harvester.records.schema import SCHEMA
-from harvester.records.shard import Shard
+from harvester.records.shard import Shard, part_of, shard_key_of
 
 
 class Lake:
@@ -56,15 +56,21 @@ class Lake:
         """Fail early, naming ``--out``, if it cannot be a lake."""
         self.store.check_usable()
 
-    def open(self, identity: dict[str, Any]) -> None:
+    def open(self, identity: dict[str, Any], part: tuple[int, int] | None = None) -> None:
         """Create, lock, check the lake holds this scope/filters, clean dead runs' leftovers.
-        A run that commits nothing into a directory it created leaves no directory behind."""
+        A run that commits nothing into a directory it created leaves no directory behind.
+
+        With ``part`` (I, N), the run writes only the shards of part I of N: it locks that
+        part (``_locks/part-I-of-N``), not the lake, so the N parts' workers write one lake at
+        once, and it cleans only its own part's leftovers."""
         self.check_usable()
         self._made_root = self.store.prepare()
+        if part is not None:
+            self.lock = LakeLock(self.store, f"_locks/part-{part[0]}-of-{part[1]}")
         self.lock.acquire()
         try:
             self.identity.check(identity)
-            self.store.cleanup()
+            self.store.cleanup(lambda key: _owned(key, part))
         except BaseException:
             self.close()
             raise
@@ -85,13 +91,17 @@ class Lake:
         return f"_manifest/date={shard.day.isoformat()}/{shard.who}.json"
 
     def write_shard(self, shard: Shard, table: pa.Table) -> int:
-        """Encode a shard's table and write its file so it appears whole; an empty shard has
-        no file. Returns bytes."""
+        """Encode a shard's table and write its file (see :meth:`write_file`)."""
+        return self.write_file(shard, parquet_bytes(table) if table.num_rows else b"")
+
+    def write_file(self, shard: Shard, data: bytes | pa.Buffer) -> int:
+        """Write a shard's encoded file so it appears whole; an empty shard (no bytes) has no
+        file. Returns bytes."""
         key = self.file_key(shard)
-        if not table.num_rows:
+        if not len(data):
             self.store.delete(key)
             return 0
-        return int(self.store.write(key, parquet_bytes(table)))
+        return int(self.store.write(key, data))
 
     def stage_shard(self, shard: Shard) -> StagedTable:
         """A shard's file written a row group at a time, appearing whole on ``publish``."""
@@ -130,6 +140,14 @@ class Lake:
             if rec.get("file") and rec["file"] not in files:
                 rec["file_missing"] = True
         return found
+
+
+def _owned(key: str, part: tuple[int, int] | None) -> bool:
+    """Whether a run of ``part`` (None: the whole lake) owns a lake key's leftovers."""
+    if part is None:
+        return True
+    shard = shard_key_of(key)
+    return shard is not None and part_of(shard, part[1]) == part[0]
 
 
 def _is_record(key: str) -> bool:

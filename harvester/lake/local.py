@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,7 @@ class LocalStore:
         final, tmp = _tmp(self.path(key))
         try:
             with _or_cannot_write(tmp, final):
+                final.parent.mkdir(parents=True, exist_ok=True)
                 tmp.write_bytes(data)
                 try:
                     os.link(tmp, final)
@@ -140,14 +141,17 @@ class LocalStore:
                 tmp.unlink()
         return True
 
-    def cleanup(self) -> int:
-        """Delete temporary files left by a killed run (the caller holds the lock)."""
+    def cleanup(self, mine: Callable[[str], bool]) -> int:
+        """Delete temporary files left by a killed run, of the keys ``mine`` says this run
+        owns (a run of one part of a plan leaves the other parts' files alone)."""
         n = 0
         for pattern in ("date=*/.*.tmp", "_manifest/date=*/.*.tmp", ".*.tmp"):
             for p in self.root.glob(pattern):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    n += 1
+                final = p.with_name(p.name[1:].rsplit(".", 2)[0])  # .<name>.<pid>.tmp
+                if mine(final.relative_to(self.root).as_posix()):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                        n += 1
         return n
 
 

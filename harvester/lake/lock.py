@@ -26,8 +26,9 @@ KEY = "_lock"
 class LakeLock:
     """The lock of the lake on ``store``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, key: str = KEY) -> None:
         self.store = store
+        self.key = key  # _lock for a whole lake; _locks/part-I-of-N for one part of a plan
         self.held = False
         self._beat = 0.0
 
@@ -36,34 +37,34 @@ class LakeLock:
         where = self.store.describe()
         me = _me()
         for _ in range(3):
-            if self.store.create_exclusive(KEY, orjson.dumps(me)):
+            if self.store.create_exclusive(self.key, orjson.dumps(me)):
                 self.held = True
                 self._beat = time.time()
                 return
-            holder = read_json(self.store, KEY) or {}
+            holder = read_json(self.store, self.key) or {}
             pid, host = holder.get("pid"), holder.get("host")
             beat = holder.get("beat")
             dead_here = host == me["host"] and isinstance(pid, int) and not _pid_alive(pid)
             silent = isinstance(beat, (int, float)) and time.time() - beat > STALE_LOCK_SECONDS
             if not holder or dead_here or (host != me["host"] and silent):
-                self.store.delete(KEY)  # stale (or half-written) lock: take it over
+                self.store.delete(self.key)  # stale (or half-written) lock: take it over
                 continue
             raise LakeError(
                 f"lake {where} is locked by pid {pid} on {host} since "
-                f"{holder.get('since')}: wait for that run, or remove {where}/{KEY} if it is gone"
+                f"{holder.get('since')}: wait for that run, or remove {where}/{self.key} if it is gone"
             )
-        raise LakeError(f"could not take the lock {where}/{KEY}")
+        raise LakeError(f"could not take the lock {where}/{self.key}")
 
     def heartbeat(self) -> None:
         """Refresh the lock (at most once a minute) so other hosts do not think it stale."""
         if self.held and not self.store.local and time.time() - self._beat > 60:
             self._beat = time.time()
-            self.store.write(KEY, orjson.dumps(_me()))
+            self.store.write(self.key, orjson.dumps(_me()))
 
     def release(self) -> None:
         if self.held:
             with contextlib.suppress(Exception):  # a lock we cannot delete goes stale by itself
-                self.store.delete(KEY)
+                self.store.delete(self.key)
             self.held = False
 
 

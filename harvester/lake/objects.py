@@ -159,8 +159,9 @@ class ObjectStore:
         self.write(key, data)
         return True
 
-    def cleanup(self) -> int:
-        """Abort unfinished multipart uploads under the lake's prefix (a killed run's)."""
+    def cleanup(self, mine: Callable[[str], bool]) -> int:
+        """Abort unfinished multipart uploads under the lake's prefix (a killed run's), of the
+        keys ``mine`` says this run owns."""
         if self.scheme != "s3":
             return 0
         try:
@@ -176,6 +177,8 @@ class ObjectStore:
             pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
             for page in pages:
                 for up in page.get("Uploads", []):
+                    if not mine(up["Key"][len(prefix) :]):
+                        continue
                     client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
                     n += 1
         except Exception as e:

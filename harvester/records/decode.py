@@ -169,6 +169,16 @@ def decode_page(body: bytes | bytearray, asked_page: int, asked_per_page: int) -
     A page's own numbers must agree: ``per_page`` 1..1000, ``total`` at most
     :data:`MAX_TOTAL`, ``pages`` = ceil(total / per_page) when stated, and no more records
     than ``per_page``."""
+    return _page(body, asked_page, asked_per_page, records=True)
+
+
+def decode_numbers(body: bytes | bytearray, asked_page: int, asked_per_page: int) -> Page:
+    """A page's own numbers, checked as :func:`decode_page` checks them, without converting
+    its records (a probe of ``total``, a re-check of page 1)."""
+    return _page(body, asked_page, asked_per_page, records=False)
+
+
+def _page(body: bytes | bytearray, asked_page: int, asked_per_page: int, records: bool) -> Page:
     doc = loads(body)
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DecodeError("body has no 'data' list")
@@ -194,7 +204,8 @@ def decode_page(body: bytes | bytearray, asked_page: int, asked_per_page: int) -
     page = _count(pag.get("page"), "page") or asked_page
     has_next = pag.get("has_next", page < pages)
     summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else None
-    return Page(to_part(data), page, per_page, total, pages, has_next is True, summary)
+    part = to_part(data) if records else Part(len(data))
+    return Page(part, page, per_page, total, pages, has_next is True, summary)
 
 
 def to_part(records: list[Any]) -> Part:

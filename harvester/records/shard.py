@@ -5,6 +5,8 @@ gives parallelism, resume and idempotence."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -43,3 +45,20 @@ def shards_for(scope: str, accounts: Iterable[str | None], span: Iterable[dt.dat
     span = list(span)
     accounts = list(accounts)
     return [Shard(day, scope, acc) for day in sorted(span, reverse=True) for acc in accounts]
+
+
+def part_of(shard_key: str, parts: int) -> int:
+    """Which of ``parts`` disjoint parts of a plan a shard belongs to: a stable hash of its
+    key (``day/who``), the same on every machine and in every run. Hashing customer × day, not
+    customers, spreads a busy customer's days over every part, so parts are balanced by work."""
+    digest = hashlib.sha256(shard_key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % parts
+
+
+_SHARD_FILE = re.compile(r"(?:_manifest/)?date=(\d{4}-\d{2}-\d{2})/(?:cdr-)?(.+?)\.(?:parquet|json)")
+
+
+def shard_key_of(lake_key: str) -> str | None:
+    """The shard key (``day/who``) a lake key (its file or its manifest record) belongs to."""
+    m = _SHARD_FILE.fullmatch(lake_key)
+    return f"{m.group(1)}/{m.group(2)}" if m else None

@@ -1,0 +1,73 @@
+"""Past one machine (#17): N workers, each running one part of the plan, into one lake."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import orjson
+import pytest
+
+from harvester.records.shard import Shard, part_of
+from harvester.sim import SimConfig
+from tests.conftest import PAST, all_records, assert_lake_equals, cli, dataset, sim_args, sim_env, spawn
+
+
+def test_parts_are_disjoint_cover_the_plan_and_spread_a_customer() -> None:
+    shards = [
+        Shard(dt.date(2026, 3, 1) + dt.timedelta(days=d), "partner", f"MA_{c}")
+        for d in range(30)
+        for c in range(40)
+    ]
+    parts = [[s for s in shards if part_of(s.key, 3) == i] for i in range(3)]
+    assert sorted(s for p in parts for s in p) == sorted(shards)  # disjoint, and together the plan
+    assert all(300 <= len(p) <= 500 for p in parts), [len(p) for p in parts]
+    assert {part_of(s.key, 3) for s in shards if s.account == "MA_0"} == {0, 1, 2}  # a customer's days spread
+
+
+async def test_three_workers_at_once_make_one_exact_lake(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=4, days=3, calls_per_day=300, end_date=PAST)))
+    out = tmp_path / "lake"
+    procs = [
+        await spawn(*sim_args(sim, out, "--partition", f"{i}/3", "--json", "--quiet"), env=sim_env(sim))
+        for i in range(3)
+    ]
+    results = await asyncio.gather(*(asyncio.wait_for(p.communicate(), 120) for p in procs))
+    reports = [orjson.loads(stdout) for stdout, _ in results]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e.decode()[-500:] for _, e in results]
+    assert sum(r["shards"]["planned"] for r in reports) == 12  # the parts together are the plan
+    assert all(r["shards"]["planned"] > 0 for r in reports)
+    assert_lake_equals(out, all_records(sim))
+    assert not list(out.glob("_locks/*")) and not (out / "_lock").exists()
+    # The same part again skips what it committed: nothing is fetched twice.
+    code, stdout, _ = await cli(*sim_args(sim, out, "--partition", "1/3", "--json"), env=sim_env(sim))
+    again = orjson.loads(stdout)
+    assert (
+        code == 0
+        and again["shards"]["skipped"] == again["shards"]["planned"] == reports[1]["shards"]["planned"]
+    )
+
+
+async def test_an_indexed_job_takes_its_part_from_the_environment(start_sim, tmp_path: Path) -> None:
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=50, end_date=PAST)))
+    out = tmp_path / "lake"
+    planned = []
+    for i in range(2):
+        code, stdout, err = await cli(
+            *sim_args(sim, out, "--partitions", "2", "--json"), env=sim_env(sim, JOB_COMPLETION_INDEX=str(i))
+        )
+        assert code == 0, err
+        planned.append(orjson.loads(stdout)["shards"]["planned"])
+    assert sum(planned) == 4
+    assert_lake_equals(out, all_records(sim))
+
+
+@pytest.mark.parametrize("value", ["3/3", "0/0", "a/b", "1", "-1/3"])
+async def test_a_bad_partition_is_one_line_and_exit_2(tmp_path: Path, value: str) -> None:
+    env = {"VOBIZ_AUTH_ID": "PA_X", "VOBIZ_AUTH_TOKEN": "t"}
+    args = ["harvest", "--base-url", "http://127.0.0.1:9", "--out", str(tmp_path / "l"), "--partition", value]
+    code, _, err = await cli(*args, env=env)
+    assert code == 2 and err.count("\n") == 1 and "--partition" in err and "Traceback" not in err
+    code, _, err = await cli(*args[:-2], "--partitions", "3", env=env)  # no JOB_COMPLETION_INDEX
+    assert code == 2 and "JOB_COMPLETION_INDEX" in err
