@@ -5,8 +5,8 @@
 * :class:`AutoRate` starts modestly, grows while requests succeed, and on a 429 steps down
   gently below the rate that was refused. It remembers the refused rates (the ceiling) and
   creeps towards that ceiling slowly instead of hammering it, so 429s stay rare while the
-  achieved rate stays close to the server's limit. A halving on each 429 would average
-  about 75% of the limit; this keeps ~90% or more with a 429 every tens of seconds.
+  achieved rate stays close to the server's limit (a halving on each 429 would average well
+  under it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Running a coroutine on the fastest event loop available.
 
-uvloop (libuv) cuts the event loop's and aiohttp's per-request overhead: measured +6-19%
-records/s on loopback with the same CPU. It is a dependency on Linux and macOS; where it is
+uvloop (libuv) cuts the event loop's and aiohttp's per-request overhead (the README's
+Performance section has the measurement). It is a dependency on Linux and macOS; where it is
 missing (Windows) the standard loop runs the same code.
 """
 
