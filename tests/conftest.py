@@ -127,8 +127,9 @@ def no_temp_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
 
 
-async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    """Start ``python -m harvester ARGS`` (no VOBIZ_* from the outer environment)."""
+async def spawn(*args: str, env: dict[str, str] | None = None, **kw: Any) -> asyncio.subprocess.Process:
+    """Start ``python -m harvester ARGS`` (no VOBIZ_* from the outer environment; ``kw`` for
+    ``create_subprocess_exec``)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("VOBIZ_")}
     full_env.update(env or {})
     return await asyncio.create_subprocess_exec(
@@ -140,6 +141,7 @@ async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subpro
         stderr=asyncio.subprocess.PIPE,
         env=full_env,
         cwd=str(ROOT),
+        **kw,
     )
 
 

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from harvester.sim import Simulator
-from tests.conftest import ROOT
+from tests.conftest import spawn
 
 Scenario = Callable[["Hostile", web.Request], Awaitable[web.StreamResponse | None]]
 
@@ -132,19 +131,7 @@ async def run_watched(
 ) -> Watched:
     """``python -m harvester ARGS`` with its memory (all its processes) sampled every 20 ms;
     past ``limit_mb`` it is killed (the test then fails on ``peak_mb``)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("VOBIZ_")}
-    full_env.update(env or {})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "harvester",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=full_env,
-        cwd=str(ROOT),
-        start_new_session=True,
-    )
+    proc = await spawn(*args, env=env, start_new_session=True)  # its own group, killed alone
     peak = 0
     deadline = time.monotonic() + timeout
 

@@ -19,11 +19,10 @@ from typing import Any
 
 import orjson
 
-from harvester.api.accounts import discover_accounts
 from harvester.api.client import Client, RetryPolicy
 from harvester.api.endpoints import SCOPES, list_params, list_path
 from harvester.api.pacing import make_pacer
-from harvester.cli.common import add_source, check_source
+from harvester.cli.common import add_source, check_source, probe_account
 from harvester.cli.common import token as auth_token
 from harvester.config import parse_date, parse_rate
 from harvester.errors import UsageError
@@ -116,13 +115,7 @@ async def run_bench(args: argparse.Namespace, token: str, base_url: str) -> dict
         timeout=args.timeout,
         policy=RetryPolicy(retries=args.retries),
     ) as probe_client:
-        if args.scope == "partner" and not account:
-            found = (await discover_accounts(probe_client)).accounts
-            if not found:
-                raise UsageError("the partner has no customers to benchmark: pass --customer")
-            account = found[0]["auth_id"]
-        elif args.scope == "account":
-            account = account or args.auth_id
+        account = await probe_account(args, probe_client)
         path = list_path(args.scope, account)
         first = await probe_client.get(
             path, list_params(day, {}, 1, args.per_page), lambda b: decode_page(b, 1, args.per_page), "page 1"

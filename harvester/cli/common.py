@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
+from harvester.api.accounts import discover_accounts
+from harvester.api.client import Client
 from harvester.config import DEFAULT_BASE_URL, DEFAULTS, check_base_url, check_id, check_range
 from harvester.errors import EXIT_USAGE, UsageError
 
@@ -123,3 +125,17 @@ def add_logging(g: Any) -> None:
         metavar="FILE.toml",
         help="read flags from a TOML file (keys are flag names); flags given here override it",
     )
+
+
+async def probe_account(args: argparse.Namespace, client: Client) -> str | None:
+    """The account a one-shard command looks at: ``--customer``, else the first customer of
+    the listing (partner scope), the credential's own (account scope), none (global)."""
+    account: str | None = args.customer
+    if args.scope == "partner" and not account:
+        found = (await discover_accounts(client)).accounts
+        if not found:
+            raise UsageError("the partner has no customers: pass --customer AUTH_ID")
+        account = found[0]["auth_id"]
+    elif args.scope == "account":
+        account = account or args.auth_id
+    return account

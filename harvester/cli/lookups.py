@@ -13,7 +13,7 @@ from harvester.api.accounts import discover_accounts
 from harvester.api.client import Client, RetryPolicy
 from harvester.api.endpoints import SCOPES, list_params, list_path, one_path
 from harvester.api.pacing import Pacer
-from harvester.cli.common import add_source, check_source, token
+from harvester.cli.common import add_source, check_source, probe_account, token
 from harvester.config import parse_date
 from harvester.errors import NotFound, UsageError, clean
 from harvester.harvest import loop
@@ -80,14 +80,7 @@ async def _accounts(args: argparse.Namespace, client: Client) -> int:
 
 async def _probe(args: argparse.Namespace, client: Client) -> int:
     day = parse_date(args.date, "--date")
-    account = args.customer
-    if args.scope == "partner" and not account:
-        found = (await discover_accounts(client)).accounts
-        if not found:
-            raise UsageError("the partner has no customers: pass --customer AUTH_ID")
-        account = found[0]["auth_id"]
-    elif args.scope == "account":
-        account = account or args.auth_id
+    account = await probe_account(args, client)
     path = list_path(args.scope, account)
 
     async def total(start: dt.date, end: dt.date) -> int:
