@@ -11,7 +11,17 @@ import pytest
 
 from harvester.records.shard import Shard, part_of
 from harvester.sim import SimConfig
-from tests.conftest import PAST, all_records, assert_lake_equals, cli, dataset, sim_args, sim_env, spawn
+from tests.conftest import (
+    PAST,
+    all_records,
+    assert_lake_equals,
+    cli,
+    dataset,
+    run_harvest,
+    sim_args,
+    sim_env,
+    spawn,
+)
 
 
 def test_parts_are_disjoint_cover_the_plan_and_spread_a_customer() -> None:
@@ -71,3 +81,21 @@ async def test_a_bad_partition_is_one_line_and_exit_2(tmp_path: Path, value: str
     assert code == 2 and err.count("\n") == 1 and "--partition" in err and "Traceback" not in err
     code, _, err = await cli(*args[:-2], "--partitions", "3", env=env)  # no JOB_COMPLETION_INDEX
     assert code == 2 and "JOB_COMPLETION_INDEX" in err
+
+
+async def test_auto_rate_keeps_the_limit_it_learned(start_sim, tmp_path: Path) -> None:
+    """A run with --rate auto keeps the limit it found in the lake; the next run starts just
+    under it, so it meets no 429 where the first one had to find the limit."""
+    sim = await start_sim(
+        SimConfig(
+            dataset=dataset(customers=2, days=2, calls_per_day=2500, end_date=PAST), rate_limit=20, burst=4
+        )
+    )
+    out = tmp_path / "lake"
+    first = await run_harvest(sim, out, rate="auto", today=PAST + dt.timedelta(days=5))
+    assert first["exit_code"] == 0 and first["throttled"] >= 1
+    learned = orjson.loads((out / "_lake.json").read_bytes())["server"]["rate_limit"]
+    assert 10 < learned <= 21
+    second = await run_harvest(sim, out, rate="auto", refresh=True, today=PAST + dt.timedelta(days=5))
+    assert second["exit_code"] == 0 and second["throttled"] == 0, second["throttled"]
+    assert_lake_equals(out, all_records(sim))

@@ -75,12 +75,15 @@ class AutoRate(Pacer):
         floor: float = 0.5,
         cap: float = 2000.0,
         clock: Callable[[], float] = time.monotonic,
+        learned: float | None = None,
     ) -> None:
         super().__init__()
+        self.floor, self.cap = floor, cap
+        # A limit learned by an earlier run: start just under it instead of from ``start``.
+        self.ceiling: float | None = learned if learned is not None and floor <= learned <= cap else None
+        start = 0.9 * self.ceiling if self.ceiling is not None else start
         self.current = start
         self.rate = start
-        self.floor, self.cap = floor, cap
-        self.ceiling: float | None = None
         self.named = False  # the ceiling came from the server's own numbers
         self.throttles = 0
         self._clock = clock
@@ -157,10 +160,11 @@ class AutoRate(Pacer):
         return f"auto (settled at {self.current:.1f}/s)"
 
 
-def make_pacer(rate: float | str | None) -> Pacer:
-    """``None``/``'unlimited'`` → no limit, ``'auto'`` → adaptive, a number → fixed."""
+def make_pacer(rate: float | str | None, learned: float | None = None) -> Pacer:
+    """``None``/``'unlimited'`` → no limit, ``'auto'`` → adaptive (starting under ``learned``,
+    a limit an earlier run found, when there is one), a number → fixed."""
     if rate is None or rate == "unlimited":
         return Pacer()
     if rate == "auto":
-        return AutoRate()
+        return AutoRate(learned=learned)
     return FixedRate(float(rate))

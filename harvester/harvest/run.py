@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harvester.api.client import Client, RetryPolicy
-from harvester.api.pacing import make_pacer
+from harvester.api.pacing import AutoRate, Pacer, make_pacer
 from harvester.config import HarvestConfig
 from harvester.errors import HarvestError
 from harvester.harvest import loop, report
@@ -24,13 +24,14 @@ from harvester.logs import JOURNAL
 log = logging.getLogger("harvester.harvest.run")
 
 
-def client_for(cfg: HarvestConfig) -> Client:
-    """The API client a run with these settings uses (not yet opened)."""
+def client_for(cfg: HarvestConfig, learned_rate: float | None = None) -> Client:
+    """The API client a run with these settings uses (not yet opened); ``--rate auto`` starts
+    under ``learned_rate`` when an earlier run into the lake found the server's limit."""
     return Client(
         cfg.base_url,
         cfg.auth_id,
         cfg.auth_token,
-        make_pacer(cfg.rate),
+        make_pacer(cfg.rate, learned_rate),
         concurrency=cfg.concurrency,
         timeout=cfg.timeout,
         connect_timeout=cfg.connect_timeout,
@@ -78,7 +79,7 @@ async def _harvest(
 ) -> Report:
     lake = Lake(cfg.out, cfg.s3_endpoint_url, cfg.s3_region)
     lake.check_usable()
-    client = client_for(cfg)
+    client = client_for(cfg, _learned_rate(lake) if cfg.rate == "auto" else None)
     pacer = client.pacer
     harvester = Harvester(cfg, client, lake, pool)
     error: HarvestError | None = None
@@ -113,6 +114,7 @@ async def _harvest(
             finally:
                 if reporter is not None:
                     reporter.close()
+                _keep_learned_rate(lake, pacer)
                 lake.close()
     except asyncio.CancelledError:
         if not stop_reason:
@@ -132,3 +134,21 @@ async def _harvest(
     )
     JOURNAL.log(logging.INFO if code == 0 else logging.ERROR, "run end: %s", report.one_line(rep))
     return rep
+
+
+def _learned_rate(lake: Lake) -> float | None:
+    """The request limit an earlier ``--rate auto`` run found (a number the lake holds, so
+    checked: a finite rate, else ignored)."""
+    value = lake.identity.server_fact("rate_limit")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6:
+        return float(value)
+    return None
+
+
+def _keep_learned_rate(lake: Lake, pacer: Pacer) -> None:
+    """Keep the limit ``--rate auto`` found in the lake (never in a lake this run did not
+    commit anything to), so the next run starts there."""
+    learned = isinstance(pacer, AutoRate) and pacer.ceiling is not None
+    if learned and lake.lock.held and lake.identity.pending is None:
+        assert isinstance(pacer, AutoRate) and pacer.ceiling is not None
+        lake.identity.record_server_fact("rate_limit", round(pacer.ceiling, 3))
