@@ -52,6 +52,7 @@ class HarvestConfig:
     s3_region: str | None = None
     max_body_mb: int = 64  # an answer larger than this (decompressed) fails its shard
     partition: tuple[int, int] | None = None  # (I, N): run only part I of N of the plan
+    rate_store: str | None = None  # redis://HOST:PORT/DB: one --rate budget for every worker
 
     @property
     def workers(self) -> int:
@@ -176,6 +177,13 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
     check_range("--retries", cfg.retries, 0, 100, "use 0 to 100")
     check_range("--verify-attempts", cfg.verify_attempts, 1, 20, "use 1 to 20")
     check_range("--max-body-mb", cfg.max_body_mb, 1, 4096, "use 1 to 4096 MB")
+    if cfg.rate_store is not None:
+        if urlsplit(cfg.rate_store).scheme not in ("redis", "rediss"):
+            raise UsageError(
+                f"--rate-store {shown(cfg.rate_store)} is not a Redis URL: use redis://HOST:PORT/DB"
+            )
+        if not isinstance(cfg.rate, float):
+            raise UsageError("--rate-store shares a fixed --rate between workers: give --rate a number")
     if cfg.max_runtime is not None:
         check_range("--max-runtime", cfg.max_runtime, 0.1, 30 * 86400, "use seconds, more than 0")
     status = cfg.filters.get("status")

@@ -37,3 +37,4 @@ def test_every_job_runs_a_command_the_harvester_accepts() -> None:
         assert spec["completionMode"] == "Indexed" and args.partitions == spec["completions"], path
         assert {"secretRef": {"name": "vobiz-harvester"}} in container["envFrom"], path
         assert str(args.out).startswith("s3://"), path
+        assert args.rate_store == "redis://vobiz-redis:6379/0", path

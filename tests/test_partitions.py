@@ -99,3 +99,29 @@ async def test_auto_rate_keeps_the_limit_it_learned(start_sim, tmp_path: Path) -
     second = await run_harvest(sim, out, rate="auto", refresh=True, today=PAST + dt.timedelta(days=5))
     assert second["exit_code"] == 0 and second["throttled"] == 0, second["throttled"]
     assert_lake_equals(out, all_records(sim))
+
+
+async def test_a_worker_killed_and_restarted_with_its_index_resumes_its_part(
+    start_sim, tmp_path: Path
+) -> None:
+    """Worker 1 of 3 is killed (kill -9, after its 2nd commit) while the others run; started
+    again with the same index it fetches only what it had not committed, and the lake is exact."""
+    sim = await start_sim(SimConfig(dataset=dataset(customers=4, days=3, calls_per_day=300, end_date=PAST)))
+    out = tmp_path / "lake"
+    procs = [
+        await spawn(
+            *sim_args(sim, out, "--partition", f"{i}/3", "--concurrency", "2"),
+            env=sim_env(sim, **({"VOBIZ_HARVEST_CRASH": "after-commit:2"} if i == 1 else {})),
+        )
+        for i in range(3)
+    ]
+    await asyncio.gather(*(asyncio.wait_for(p.communicate(), 120) for p in procs))
+    assert [p.returncode for p in procs] == [0, -9, 0]
+    committed = {p.relative_to(out / "_manifest").as_posix() for p in out.glob("_manifest/date=*/*.json")}
+    before = dict(sim.shard_requests)
+    code, _, err = await cli(*sim_args(sim, out, "--partition", "1/3", "--json"), env=sim_env(sim))
+    assert code == 0, err
+    for key in committed:
+        day, who = key.removeprefix("date=").removesuffix(".json").split("/")
+        assert sim.shard_requests[(who, day)] == before.get((who, day), 0), key  # not fetched again
+    assert_lake_equals(out, all_records(sim))

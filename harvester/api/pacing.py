@@ -15,8 +15,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from aiolimiter import AsyncLimiter
+from redis.asyncio import from_url as redis_from_url
+from redis.exceptions import RedisError
+
+from harvester.errors import Unreachable, clean
 
 log = logging.getLogger("harvester.ratelimit")
 HINT_SPAN = 4.0  # a 429's named limit is trusted down to a quarter of the rate it refused
@@ -158,6 +163,61 @@ class AutoRate(Pacer):
 
     def describe(self) -> str:
         return f"auto (settled at {self.current:.1f}/s)"
+
+
+# One budget for every worker of a credential, kept in Redis: the key holds the time of the
+# next free request slot; each request takes a slot ``interval`` after the last one, so N
+# workers together are paced evenly at the rate, as one would be. Redis's own clock decides.
+_TAKE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local nxt = tonumber(redis.call('GET', KEYS[1]) or '0')
+local slot = math.max(now, nxt)
+redis.call('SET', KEYS[1], tostring(slot + tonumber(ARGV[1])), 'PX', 600000)
+return tostring(slot - now)
+"""
+
+
+class SharedRate(Pacer):
+    """At most ``rate`` requests per second for one credential across every worker that
+    shares the Redis at ``url`` (``redis://HOST:PORT/DB``). Redis unreachable, at the start or
+    later, is :class:`~harvester.errors.Unreachable`: the run stops (exit 4), never exceeds."""
+
+    def __init__(self, rate: float, url: str, credential: str) -> None:
+        super().__init__()
+        self.rate = rate
+        parts = urlsplit(url)
+        self.where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"  # never a password
+        self._interval = 1 / rate
+        self._key = f"vobiz-harvester:rate:{credential}"
+        self._redis = redis_from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        self._take = self._redis.register_script(_TAKE_SLOT)
+
+    async def check(self) -> None:
+        """Reach Redis once (before any request to the API)."""
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as e:
+            raise Unreachable(
+                f"cannot reach the rate store {self.where} ({clean(e)}): start it, or drop --rate-store"
+            ) from None
+
+    async def acquire(self) -> None:
+        try:
+            wait = float(await self._take(keys=[self._key], args=[self._interval]))
+        except (RedisError, OSError) as e:
+            raise Unreachable(
+                f"lost the rate store {self.where} ({clean(e)}): committed shards are kept; "
+                "re-run when it is back"
+            ) from None
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    def describe(self) -> str:
+        return f"{self.rate:g}/s shared"
 
 
 def make_pacer(rate: float | str | None, learned: float | None = None) -> Pacer:

@@ -127,6 +127,12 @@ def add_parser(sub: Any) -> None:
         "part, not the lake: N workers harvest one lake at once",
     )
     t.add_argument(
+        "--rate-store",
+        metavar="redis://HOST:PORT/DB",
+        default=os.environ.get("VOBIZ_RATE_STORE"),
+        help="share --rate between every worker of this credential through Redis (env VOBIZ_RATE_STORE)",
+    )
+    t.add_argument(
         "--partitions",
         type=int,
         metavar="N",
@@ -219,6 +225,7 @@ def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> Ha
         s3_endpoint_url=args.s3_endpoint_url,
         s3_region=args.s3_region,
         max_body_mb=args.max_body_mb,
+        rate_store=args.rate_store,
         partition=parse_partition(args.partition, args.partitions, os.environ.get("JOB_COMPLETION_INDEX")),
     )
     check_range("--progress-interval", args.progress_interval, 0.1, 86400, "use 0.1 to 86400 seconds")

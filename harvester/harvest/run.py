@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harvester.api.client import Client, RetryPolicy
-from harvester.api.pacing import AutoRate, Pacer, make_pacer
+from harvester.api.pacing import AutoRate, Pacer, SharedRate, make_pacer
 from harvester.config import HarvestConfig
 from harvester.errors import HarvestError
 from harvester.harvest import loop, report
@@ -27,11 +27,15 @@ log = logging.getLogger("harvester.harvest.run")
 def client_for(cfg: HarvestConfig, learned_rate: float | None = None) -> Client:
     """The API client a run with these settings uses (not yet opened); ``--rate auto`` starts
     under ``learned_rate`` when an earlier run into the lake found the server's limit."""
+    if cfg.rate_store is not None and isinstance(cfg.rate, float):
+        pacer: Pacer = SharedRate(cfg.rate, cfg.rate_store, cfg.auth_id)
+    else:
+        pacer = make_pacer(cfg.rate, learned_rate)
     return Client(
         cfg.base_url,
         cfg.auth_id,
         cfg.auth_token,
-        make_pacer(cfg.rate, learned_rate),
+        pacer,
         concurrency=cfg.concurrency,
         timeout=cfg.timeout,
         connect_timeout=cfg.connect_timeout,
@@ -105,6 +109,8 @@ async def _harvest(
     )
     try:
         async with client:
+            if isinstance(pacer, SharedRate):
+                await pacer.check()  # before any request to the API
             lake.open(cfg.identity, cfg.partition)
             reporter = progress(harvester) if progress else None
             try:
@@ -126,6 +132,8 @@ async def _harvest(
     finally:
         if deadline:
             deadline.cancel()
+        if isinstance(pacer, SharedRate):
+            await pacer.close()
         for sig in handled:
             loop.remove_signal_handler(sig)
     code = error.exit_code if error is not None else report.exit_code(harvester.stats, cfg.allow_unverified)
