@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -85,6 +86,19 @@ SCENARIOS = {
     "progress": Scenario("progress", 20, 7, 950, ["harvester", "harvester+progress"], runs=5),
     "workers": Scenario("workers", 20, 7, 950, ["harvester/w0", "harvester/w1", "harvester/w2"], runs=5),
     "s3": Scenario("s3", 20, 7, 950, ["harvester", "harvester>s3", "harvester/w0>s3"], runs=3),
+    # harvester*N: N processes at once, --partition i/N, into one lake (one machine: 2 cores)
+    "partitions": Scenario("partitions", 20, 7, 950, ["harvester*1", "harvester*2", "harvester*4"], runs=1),
+    # The same against a limit of 20/s, every worker asking for 18/s of one shared budget in
+    # Redis (--rate-store; started by the benchmark, needs redis-server).
+    "partitions-limit": Scenario(
+        "partitions-limit",
+        4,
+        10,
+        1000,
+        ["harvester@18*1", "harvester@18*2", "harvester@18*4"],
+        rate_limit=20,
+        runs=1,
+    ),
 }
 
 
@@ -216,7 +230,95 @@ class S3:
         self.server.stop()
 
 
+def _partitioned(kind: str, parts: int, sim: Sim, sc: Scenario, out: Path) -> dict[str, Any]:
+    """``parts`` harvester processes at once, one part each, into one lake; their records,
+    requests and CPU summed, their elapsed time the longest (a shared Redis when limited)."""
+    redis = (
+        subprocess.Popen(
+            ["redis-server", "--port", "16379", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+        )
+        if sc.rate_limit
+        else None
+    )
+    try:
+        time.sleep(0.3 if redis else 0)
+        base = kind.split("*", 1)[0]
+        extra = ["--rate-store", "redis://127.0.0.1:16379/0"] if redis else []
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [*_harvester_cmd(base, sim, sc, out), "--partition", f"{i}/{parts}", *extra],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=ROOT,
+                env={**os.environ, "VOBIZ_AUTH_ID": "PA_SIMULATOR", "VOBIZ_AUTH_TOKEN": TOKEN},
+            )
+            for i in range(parts)
+        ]
+        reps = []
+        for proc in procs:
+            stdout, stderr = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"{kind} exited {proc.returncode}: {stderr.decode()[-2000:]}")
+            reps.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the N harvesters, reaped just now
+        cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime  # (not their decode workers)
+    finally:
+        if redis is not None:
+            redis.terminate()
+            redis.wait()
+    records = sum(r["records"] for r in reps)
+    requests = sum(r["requests"] for r in reps)
+    elapsed = max(r["elapsed_s"] for r in reps)
+    return {
+        "client": kind,
+        "records": records,
+        "pages": sum(r["pages"] for r in reps),
+        "elapsed_s": elapsed,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "peak_rss_mb": 0,
+        "requests": requests,
+        "throttled": sum(r["throttled"] for r in reps),
+        "rate": reps[0]["rate"],
+        "sim_cpu_s": 0,
+        "records_per_s": round(records / elapsed, 1),
+        "pages_per_s": round(sum(r["pages"] for r in reps) / elapsed, 2),
+        "requests_per_s": round(requests / elapsed, 2),
+        "cpu_s_per_m_records": round(cpu / max(1, records) * 1e6, 2),
+    }
+
+
+def _harvester_cmd(kind: str, sim: Sim, sc: Scenario, out: Path) -> list[str]:
+    rate = kind.split("@", 1)[1] if "@" in kind else "unlimited"
+    return [
+        sys.executable,
+        "-m",
+        "harvester",
+        "harvest",
+        "--base-url",
+        sim.url,
+        "--start-date",
+        (END - dt.timedelta(days=sc.days - 1)).isoformat(),
+        "--end-date",
+        END.isoformat(),
+        "--out",
+        str(out),
+        "--rate",
+        rate,
+        "--json",
+        "--quiet",
+        "--concurrency",
+        "32" if sc.latency_ms else "16",
+    ]
+
+
 def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) -> dict[str, Any]:
+    parts = re.search(r"\*(\d+)$", kind)
+    if parts:
+        return _partitioned(kind, int(parts.group(1)), sim, sc, out)
     start = (END - dt.timedelta(days=sc.days - 1)).isoformat()
     if kind in ("naive", "floor"):
         cmd = [
@@ -231,27 +333,7 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) 
             str(out),
         ]
     else:
-        rate = kind.split("@", 1)[1] if "@" in kind else "unlimited"
-        cmd = [
-            sys.executable,
-            "-m",
-            "harvester",
-            "harvest",
-            "--base-url",
-            sim.url,
-            "--start-date",
-            start,
-            "--end-date",
-            END.isoformat(),
-            "--out",
-            str(out),
-            "--rate",
-            rate,
-            "--json",
-            "--quiet",
-            "--concurrency",
-            "32" if sc.latency_ms else "16",
-        ]
+        cmd = _harvester_cmd(kind, sim, sc, out)
         if "+progress" in kind:
             cmd.append("--progress")
         workers = re.search(r"/w(\d+)", kind)  # harvester/wN: N decode workers
@@ -351,11 +433,11 @@ def run_scenario(sc: Scenario, runs: int | None, work: Path) -> dict[str, Any]:
     tmp.mkdir()
     try:
         first = next(k for k in sc.clients if k.startswith("harvester"))
-        warm_kind = re.split(r"[>+/]", first)[0]
+        warm_kind = re.split(r"[>+/*]", first)[0]
         _client(warm_kind, sim, sc, tmp / "warm")  # the simulator renders and caches its pages
         for i in range(runs):
             for kind in sc.clients if i % 2 == 0 else list(reversed(sc.clients)):
-                out = tmp / f"{kind.replace('@', '-').replace('+', '-').replace('/', '-')}-{i}"
+                out = tmp / f"{re.sub(r'[@+/*]', '-', kind)}-{i}"
                 res = _client(kind, sim, sc, out, s3)
                 _check(out, expected, s3 if ">s3" in kind else None)
                 results[kind].append(res)

@@ -3,6 +3,7 @@ from a proxy in front of it, kill -9 and resume, unfinished uploads aborted."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -186,3 +187,20 @@ async def test_missing_bucket_is_a_usage_error(start_sim, s3, moto) -> None:
         env=sim_env(sim, **AWS),
     )
     assert code == 2 and "no-such-bucket" in err and "Traceback" not in err
+
+
+async def test_three_workers_into_one_s3_lake(start_sim, s3, moto) -> None:
+    """Three --partition workers started at once into one object-store prefix: the lake is
+    exact, each part held its own lock, and none is left behind."""
+    sim = await start_sim(SimConfig(dataset=dataset(customers=4, days=2, calls_per_day=200, end_date=PAST)))
+    out = f"s3://{BUCKET}/parts"
+    runs = [
+        _harvest_s3(sim, out, moto, "--partition", f"{i}/3", "--json", "--quiet", "--decode-workers", "0")
+        for i in range(3)
+    ]
+    results = await asyncio.gather(*runs)
+    assert [code for code, _, _ in results] == [0, 0, 0], [err[-300:] for _, _, err in results]
+    assert sum(orjson.loads(out)["shards"]["planned"] for _, out, _ in results) == 8
+    uuids, keys = _read_lake(moto, "parts")
+    assert len(uuids) == len(set(uuids)) and set(uuids) == _expected(sim)
+    assert not [k for k in keys if "_lock" in k]

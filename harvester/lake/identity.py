@@ -45,10 +45,13 @@ class LakeIdentity:
             )
 
     def write_pending(self) -> None:
-        """A new lake's document, before the first thing it describes is recorded."""
+        """A new lake's document, before the first thing it describes is recorded. Created
+        only if absent: the workers of a partitioned run share one lake, and one that wrote
+        it first may have added what it learnt about the server since."""
         with self._lock:
             if self.pending is not None:
-                self._write(self.pending)
+                doc = orjson.dumps(self.pending, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+                self.store.create_exclusive(KEY, doc)
                 self.pending = None
 
     def server_fact(self, key: str) -> Any:
