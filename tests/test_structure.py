@@ -5,6 +5,7 @@ clarity for milliseconds come back."""
 from __future__ import annotations
 
 import ast
+import re
 
 from tests.conftest import ROOT
 
@@ -103,19 +104,20 @@ def test_no_module_or_class_outgrows_a_reader() -> None:
 
 
 def test_no_tricks_that_trade_clarity_for_milliseconds() -> None:
-    banned = (
-        "ssl.SSLContext.",
-        "sys.meta_path",
-        "ctypes",
-        "gc.disable",
-        "gc.freeze",
-        "os.fork(",
-        "__class__ =",
-    )
+    """No patching of ssl, no import hooks, no ctypes, no switching the collector off or
+    freezing it, no fork outside the process pool, no re-classing objects, no environment
+    writes in library code (patterns, so that this list is not itself one of them)."""
+    banned = [
+        r"ssl\.SSLContext\.\w+\s*=|setattr\(ssl\.",
+        r"sys\.meta_path",
+        r"\bctypes\b",
+        r"gc\.(disable|freeze)\(",
+        r"os\.fork\(",
+        r"\.__class__\s*=(?!=)",
+        r"os\.environ\[[^]]+\]\s*=(?!=)|os\.environ\.(setdefault|update)\(",
+    ]
     found = []
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()
-        found += [f"{path.name}: {b}" for b in banned if b in text]
-        if ("os.environ[" in text and "] =" in text) or "os.environ.setdefault" in text:
-            found.append(f"{path.name}: writes os.environ")
+        found += [f"{path.name}: {b}" for b in banned if re.search(b, text)]
     assert found == []
