@@ -104,7 +104,7 @@ def test_no_module_or_class_outgrows_a_reader() -> None:
 
 
 def test_no_tricks_that_trade_clarity_for_milliseconds() -> None:
-    """No patching of ssl, no import hooks, no ctypes, no switching the collector off or
+    """No patching of ssl, no import hooks, no foreign-function calls, no switching the collector off or
     freezing it, no fork outside the process pool, no re-classing objects, no environment
     writes in library code (patterns, so that this list is not itself one of them)."""
     banned = [
