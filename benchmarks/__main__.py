@@ -1,5 +1,6 @@
 import sys
 
+from benchmarks import partner
 from benchmarks.run import main
 
-sys.exit(main())
+sys.exit(main(more={"partner": partner.run}))

@@ -18,6 +18,7 @@ DEFAULT_BASE_URL = "https://api.vobiz.ai"
 STATUSES = ("answered", "failed", "busy", "no_answer")
 DIRECTIONS = ("inbound", "outbound")
 MAX_DAYS_WITHOUT_YES = 366
+FETCH_MODES = ("auto", "per-customer", "global")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class HarvestConfig:
     max_body_mb: int = 64  # an answer larger than this (decompressed) fails its shard
     partition: tuple[int, int] | None = None  # (I, N): run only part I of N of the plan
     rate_store: str | None = None  # redis://HOST:PORT/DB: one --rate budget for every worker
+    fetch: str = "auto"  # partner scope: auto | per-customer | global (the partner feed, a day at a time)
 
     @property
     def workers(self) -> int:
@@ -186,6 +188,13 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
             raise UsageError("--rate-store shares a fixed --rate between workers: give --rate a number")
     if cfg.max_runtime is not None:
         check_range("--max-runtime", cfg.max_runtime, 0.1, 30 * 86400, "use seconds, more than 0")
+    if cfg.fetch not in FETCH_MODES:
+        raise UsageError(f"--fetch {shown(cfg.fetch)} is unknown: use {', '.join(FETCH_MODES)}")
+    if cfg.fetch == "global" and (cfg.scope != "partner" or cfg.customers):
+        raise UsageError(
+            "--fetch global reads every customer's day through the partner feed: "
+            "it needs --scope partner and no --customer"
+        )
     status = cfg.filters.get("status")
     if status is not None and status not in STATUSES:
         raise UsageError(f"--status {status!r} is unknown: use one of {', '.join(STATUSES)}")

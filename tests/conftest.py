@@ -16,6 +16,9 @@ from types import MappingProxyType
 from typing import Any
 
 import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from harvester.config import HarvestConfig
@@ -59,6 +62,9 @@ def config_for(sim: Simulator, out: Path, **kw: Any) -> HarvestConfig:
         "today": TODAY,
         "rate": None,
         "concurrency": 16,
+        # Most tests are about one customer-day at a time; tests/test_layout.py (and those
+        # that pass fetch=) run the partner feed, the default's choice.
+        "fetch": "per-customer",
         "filters": MappingProxyType({}),
     }
     if "filters" in kw:
@@ -123,6 +129,38 @@ def assert_lake_equals(out: Path, expected: list[dict[str, Any]]) -> list[dict[s
     return rows
 
 
+def shard_record(out: Path, day: dt.date | str, who: str) -> dict[str, Any] | None:
+    """A shard's committed record: in its day's manifest, or staged (not yet folded)."""
+    day = str(day)
+    staged = out / f"_staging/date={day}/{who}.json"
+    if staged.exists():
+        return orjson.loads(staged.read_bytes())
+    doc = out / f"_manifest/date={day}.json"
+    return orjson.loads(doc.read_bytes())["shards"].get(who) if doc.exists() else None
+
+
+def committed_keys(out: Path) -> set[str]:
+    """Every committed shard (``day/who``), folded or staged."""
+    keys = set()
+    for doc in out.glob("_manifest/date=*.json"):
+        day = doc.name.removeprefix("date=").removesuffix(".json")
+        keys |= {f"{day}/{who}" for who in orjson.loads(doc.read_bytes())["shards"]}
+    keys |= {f"{p.parent.name.removeprefix('date=')}/{p.stem}" for p in out.glob("_staging/date=*/*.json")}
+    return keys
+
+
+def day_blocks(path: Path) -> list[tuple[str, pa.Table]]:
+    """A day file's blocks (who, rows), from the map in its footer."""
+    pf = pq.ParquetFile(path)
+    table = pf.read()
+    out, at = [], 0
+    for who, n in orjson.loads(pf.schema_arrow.metadata[b"vobiz.blocks"]):
+        out.append((who, table.slice(at, n)))
+        at += n
+    assert at == table.num_rows, "the block map covers the file"
+    return out
+
+
 def no_temp_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
 
@@ -168,6 +206,8 @@ def sim_args(sim: Simulator, out: Path, *extra: str) -> list[str]:
         str(out),
         "--rate",
         "unlimited",
+        "--fetch",  # as config_for: the feed is tested where a test asks for it
+        "per-customer",
         *extra,
     ]
 

@@ -21,6 +21,7 @@ from tests.conftest import (
     all_records,
     assert_lake_equals,
     cli,
+    committed_keys,
     config_for,
     dataset,
     lake_rows,
@@ -153,10 +154,6 @@ async def test_sums_are_checked_strictly_on_request(start_sim, tmp_path: Path) -
 
 
 # -- kill -9 and resume ----------------------------------------------------------------------
-def _manifest_keys(out: Path) -> set[str]:
-    return {orjson.loads(p.read_bytes())["shard"] for p in (out / "_manifest").glob("date=*/*.json")}
-
-
 async def _resume_and_check(sim: Simulator, out: Path, committed: set[str]) -> None:
     before = dict(sim.shard_requests)
     code, _, err = await cli(*sim_args(sim, out), env=sim_env(sim))
@@ -168,7 +165,9 @@ async def _resume_and_check(sim: Simulator, out: Path, committed: set[str]) -> N
         assert sim.shard_requests[(who, day)] == before.get((who, day), 0), key
 
 
-@pytest.mark.parametrize("point", ["before-rename:2", "after-rename:3", "after-commit:2"])
+@pytest.mark.parametrize(
+    "point", ["before-rename:2", "after-rename:3", "after-commit:2", "after-day-file:1", "after-day-doc:1"]
+)
 async def test_kill9_at_a_crash_point_then_resume(start_sim, tmp_path: Path, point: str) -> None:
     # 12 shards, 6 open at a time (concurrency 2 + 4): a kill at the 2nd or 3rd passage leaves
     # some uncommitted however the commits of the open shards interleave.
@@ -178,7 +177,7 @@ async def test_kill9_at_a_crash_point_then_resume(start_sim, tmp_path: Path, poi
         *sim_args(sim, out, "--concurrency", "2"), env=sim_env(sim, VOBIZ_HARVEST_CRASH=point)
     )
     assert code == -signal.SIGKILL
-    committed = _manifest_keys(out)
+    committed = committed_keys(out)
     assert len(committed) < 12, "the run was killed before it finished"
     if point.startswith("after-commit"):
         assert len(committed) >= 2
@@ -199,7 +198,7 @@ async def test_kill9_mid_shard_then_resume(start_sim, tmp_path: Path) -> None:
     assert sim.stats["held"] >= 2, "the simulator never held an answer"
     os.kill(proc.pid, signal.SIGKILL)
     await proc.wait()
-    committed = _manifest_keys(out)
+    committed = committed_keys(out)
     sim.config.hold_after = None
     sim.released.set()
     assert (out / "_lock").exists(), "the dead run's lock is left behind"
@@ -232,16 +231,20 @@ async def test_every_file_and_record_is_durable_when_written(
     synced = _fsyncs(monkeypatch)
     rep = await run_harvest(sim, out, decode_workers=0)
     assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 4
-    data = sorted(str(p) for p in out.rglob("cdr-*.parquet"))
-    records = sorted(str(p) for p in (out / "_manifest").rglob("*.json"))
-    assert len(data) == len(records) == 4
-    assert len([s for s in synced if "/.cdr-" in s]) == 4  # each data file before its rename
-    assert len([s for s in synced if "/_manifest/" in s and s.endswith(".tmp")]) == 4  # each record
-    assert {str(Path(p).parent) for p in data + records} <= set(synced)  # and their directories
+    data = sorted(str(p) for p in out.rglob("cdr.parquet"))
+    docs = sorted(str(p) for p in (out / "_manifest").glob("date=*.json"))
+    assert len(data) == len(docs) == 2 and not (out / "_staging").exists()
+    staged = [s for s in synced if "/_staging/" in s and s.endswith(".tmp")]
+    assert len([s for s in staged if ".staged." in s]) == 4  # each shard's file before its rename
+    assert len([s for s in staged if ".json." in s]) == 4  # each shard's record: its commit
+    assert len([s for s in synced if "/.cdr.parquet." in s]) == 2  # each day's file
+    assert len([s for s in synced if "/_manifest/.date=" in s]) == 2  # each day's record
+    assert {str(Path(p).parent) for p in data + docs} <= set(synced)  # and their directories
+    assert {str(out / f"_staging/date={d}") for d in sim.data.day_list} <= set(synced)
     synced.clear()
     again = await run_harvest(sim, out, refresh=True, decode_workers=0)  # every record is replaced
     assert again["shards"]["reharvested"] == 4
-    assert len([s for s in synced if "/_manifest/" in s and s.endswith(".tmp")]) == 4
+    assert len([s for s in synced if "/_staging/" in s and ".json." in s]) == 4
     assert_lake_equals(out, all_records(sim))
 
 

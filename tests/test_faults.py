@@ -19,6 +19,7 @@ from tests.conftest import (
     all_records,
     assert_lake_equals,
     cli,
+    committed_keys,
     dataset,
     no_temp_files,
     run_harvest,
@@ -86,7 +87,7 @@ async def test_stop_cleanly_then_resume(start_sim, tmp_path: Path, how: str) -> 
     proc = await spawn(*sim_args(sim, out, *extra), env=sim_env(sim))
     if how == "sigterm":
         for _ in range(400):
-            if list(out.glob("_manifest/date=*/*.json")):
+            if committed_keys(out):
                 break
             await asyncio.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
@@ -131,17 +132,22 @@ async def test_disk_failure_names_the_path(start_sim, tmp_path: Path) -> None:
     sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=2, calls_per_day=50, end_date=PAST)))
     out = tmp_path / "lake"
     out.mkdir()
-    (out / "_lake.json").write_bytes(orjson.dumps({"format": 1, "scope": "partner", "filters": {}}))
-    blocked = out / f"date={sim.data.day_list[0]}"
-    blocked.write_text("not a directory")  # the partition cannot be created
+    (out / "_lake.json").write_bytes(orjson.dumps({"format": 2, "scope": "partner", "filters": {}}))
+    first, second = sim.data.day_list
+    blocked = out / f"date={first}"
+    blocked.write_text("not a directory")  # the day's file cannot be created
     code, _, err = await cli(*sim_args(sim, out), env=sim_env(sim))
     assert code == 4 and str(blocked) in err and "Traceback" not in err
-    assert not list(out.glob(f"_manifest/date={sim.data.day_list[0]}/*.json"))
-    # Whatever the run wrote before it stopped is committed: no file without its record.
-    files = {p.relative_to(out).as_posix() for p in out.rglob("*.parquet")}
-    records = [orjson.loads(p.read_bytes()) for p in out.glob("_manifest/date=*/*.json")]
-    assert files == {r["file"] for r in records if r["file"]}
+    # The blocked day's shard stays committed in the staging area, invisible to readers.
+    assert not (out / f"_manifest/date={first}.json").exists()
+    assert f"{first}/{sim.data.customer_list[0].auth_id}" in committed_keys(out)
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.parquet")} <= {f"date={second}/cdr.parquet"}
     assert no_temp_files(out) == []
+    blocked.unlink()  # the disk is fixed: the re-run folds the day without fetching it again
+    before = sum(sim.shard_requests.values())
+    code, _, err = await cli(*sim_args(sim, out), env=sim_env(sim))
+    assert code == 0 and sum(sim.shard_requests.values()) == before, err
+    assert_lake_equals(out, all_records(sim))
 
 
 BAD_INPUT = [

@@ -25,8 +25,10 @@ from tests.conftest import (
     assert_lake_equals,
     cli,
     dataset,
+    day_blocks,
     no_temp_files,
     run_harvest,
+    shard_record,
     sim_args,
     sim_env,
 )
@@ -51,15 +53,19 @@ async def test_partner_harvest_is_exact(start_sim, tmp_path: Path) -> None:
     assert len(expected) == 0 + 1 + 100 + 101 + 2600 + 7
     assert_lake_equals(tmp_path / "lake", expected)
     assert rep["records"] == len(expected)
-    # One file per non-empty shard, deterministic names, every file on the one schema.
+    # One file per day, whatever the customers; every file on the one schema.
     files = sorted(p.relative_to(tmp_path / "lake") for p in (tmp_path / "lake").rglob("*.parquet"))
-    assert len(files) == 5
-    assert all(str(f).startswith("date=2026-03-0") and f.name.startswith("cdr-MA_") for f in files)
+    assert [str(f) for f in files] == [f"date={d}/cdr.parquet" for d in sim.data.day_list]
     for f in (tmp_path / "lake").rglob("*.parquet"):
-        assert pq.read_schema(f).equals(SCHEMA)
-        # rows newest first, as the API pages a day (pages arrive in any order)
+        assert pq.read_schema(f).remove_metadata().equals(SCHEMA)
+        # blocks by account, each newest first, as the API pages a day (pages arrive in any order)
+        blocks = day_blocks(f)
+        assert [who for who, _ in blocks] == sorted(who for who, _ in blocks)
+        for who, block in blocks:
+            assert set(block.column("account_id").to_pylist()) == {who}
+            starts = block.column("start_time").to_pylist()
+            assert starts == sorted(starts, reverse=True)
         starts = pq.read_table(f, columns=["start_time"]).column(0).to_pylist()
-        assert starts == sorted(starts, reverse=True)
         # zstd where it pays; delta-encoded times and integers, dictionary-encoded text
         chunks = pq.ParquetFile(f).metadata.row_group(0)
         cols = {chunks.column(i).path_in_schema: chunks.column(i) for i in range(len(SCHEMA))}
@@ -84,6 +90,15 @@ async def test_a_large_shard_is_streamed_to_its_file_row_group_by_row_group(
     start_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     monkeypatch.setattr(Collector, "CHUNK", 300)  # windows of 3 pages of 100
+    writes: list[int] = []
+    real_write = StagedTable.write
+
+    def counted(self: StagedTable, table: Any) -> None:
+        if self.where.endswith(".staged"):  # the shard's own file, not its day's
+            writes.append(table.num_rows)
+        real_write(self, table)
+
+    monkeypatch.setattr(StagedTable, "write", counted)
     sim = await start_sim(SimConfig(dataset=_sized_dataset()))
     lake = tmp_path / "lake"
     # only the 2,600-record shard streams
@@ -92,14 +107,13 @@ async def test_a_large_shard_is_streamed_to_its_file_row_group_by_row_group(
     ids = [c.auth_id for c in sim.data.customer_list]
     assert_lake_equals(lake, sim.data.records(ids, sim.data.day_list))
     day = sim.data.day_list[0].isoformat()
-    big = pq.ParquetFile(lake / f"date={day}/cdr-{ids[2]}.parquet")
-    assert big.metadata.num_rows == 2600 and big.num_row_groups == 9  # 8 windows of 3 pages + 2
-    starts = big.read(columns=["start_time"]).column(0).to_pylist()
+    assert writes == [300] * 8 + [200]  # windows of 3 pages, each a row group
+    blocks = dict(day_blocks(lake / f"date={day}/cdr.parquet"))
+    assert blocks[ids[2]].num_rows == 2600
+    starts = blocks[ids[2]].column("start_time").to_pylist()
     assert starts == sorted(starts, reverse=True)
-    assert pq.ParquetFile(lake / f"date={day}/cdr-{ids[1]}.parquet").num_row_groups == 1  # held, not streamed
-    record = orjson.loads((lake / f"_manifest/date={day}/{ids[2]}.json").read_bytes())
-    assert (record["rows"], record["pages"], record["verified"]) == (2600, 26, True)
-    assert record["bytes"] == (lake / f"date={day}/cdr-{ids[2]}.parquet").stat().st_size
+    record = shard_record(lake, day, ids[2])
+    assert record is not None and (record["rows"], record["pages"], record["verified"]) == (2600, 26, True)
     assert sim.shard_requests[(ids[2], day)] == 26
     assert no_temp_files(lake) == []
 
@@ -150,9 +164,8 @@ async def test_a_streamed_shard_that_does_not_verify_is_streamed_again(
     day = sim.data.day_list[0].isoformat()
     assert calls == 2
     assert sim.shard_requests[(ids[2], day)] == 2 * 26  # streamed twice, not walked (a walk re-probes)
-    record = orjson.loads((lake / f"_manifest/date={day}/{ids[2]}.json").read_bytes())
-    assert (record["rows"], record["attempts"]) == (2600, 2)
-    assert pq.ParquetFile(lake / f"date={day}/cdr-{ids[2]}.parquet").num_row_groups == 9
+    record = shard_record(lake, day, ids[2])
+    assert record is not None and (record["rows"], record["attempts"]) == (2600, 2)
     assert_lake_equals(lake, sim.data.records(ids, sim.data.day_list))
     assert no_temp_files(lake) == []
 
@@ -166,9 +179,10 @@ async def test_a_stream_that_fails_leaves_nothing_and_the_rerun_completes(
 
     def failing_third_write(self: StagedTable, table: object) -> None:
         nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise StorageError("write refused by the disk")
+        if self.where.endswith(".staged"):  # the streamed shard's file, not a day's
+            calls += 1
+            if calls == 3:
+                raise StorageError("write refused by the disk")
         real_write(self, table)  # type: ignore[arg-type]
 
     monkeypatch.setattr(StagedTable, "write", failing_third_write)
@@ -178,8 +192,11 @@ async def test_a_stream_that_fails_leaves_nothing_and_the_rerun_completes(
     assert rep["exit_code"] == 1 and rep["shards"]["failed"] == 1 and rep["shards"]["verified"] == 5
     ids = [c.auth_id for c in sim.data.customer_list]
     day = sim.data.day_list[0].isoformat()
-    assert not (lake / f"date={day}/cdr-{ids[2]}.parquet").exists()
-    assert not (lake / f"_manifest/date={day}/{ids[2]}.json").exists()
+    assert shard_record(lake, day, ids[2]) is None and ids[2] not in dict(
+        day_blocks(lake / f"date={day}/cdr.parquet")
+    )
+    assert not list(lake.glob("_staging/*/*"))
+    assert orjson.loads((lake / f"_manifest/date={day}.json").read_bytes())["complete"] is False
     assert no_temp_files(lake) == []
     monkeypatch.setattr(StagedTable, "write", real_write)
     again = await run_harvest(sim, lake, stream_rows=500)
@@ -205,7 +222,7 @@ async def test_global_scope_sorted_by_account(start_sim, tmp_path: Path, workers
     assert rep["exit_code"] == 0 and rep["shards"]["planned"] == 2
     assert_lake_equals(tmp_path / "lake", all_records(sim))
     files = list((tmp_path / "lake").rglob("*.parquet"))
-    assert sorted(f.name for f in files) == ["cdr-global.parquet"] * 2
+    assert sorted(f.name for f in files) == ["cdr.parquet"] * 2
     for f in files:
         rows = pq.read_table(f, columns=["account_id", "start_time"]).to_pylist()
         keys = [(r["account_id"], -r["start_time"].timestamp()) for r in rows]

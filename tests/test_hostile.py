@@ -237,9 +237,7 @@ def honest(h: Hostile, request: web.Request) -> Any:
 
 
 # -- checks ------------------------------------------------------------------------------------
-LAYOUT = re.compile(
-    r"_lake\.json|_manifest/date=\d{4}-\d{2}-\d{2}/MA_[A-Z0-9]+\.json|date=\d{4}-\d{2}-\d{2}/cdr-MA_[A-Z0-9]+\.parquet"
-)
+LAYOUT = re.compile(r"_lake\.json|_manifest/date=\d{4}-\d{2}-\d{2}\.json|date=\d{4}-\d{2}-\d{2}/cdr\.parquet")
 
 
 def exact(h: Hostile, out: Path, w: Watched, rep: dict[str, Any]) -> None:
@@ -384,7 +382,7 @@ async def test_hostile_server(row: Row, start_sim, tmp_path: Path) -> None:
         w = await run_watched(
             "harvest", "--base-url", url, "--start-date", str(days[0]), "--end-date", str(days[-1]),
             "--out", str(out), "--rate", "unlimited", "--retries", "1", "--verify-attempts", "2",
-            "--json", *row.args,
+            "--json", "--fetch", "per-customer", *row.args,
             env=sim_env(sim) | row.env, limit_mb=MEMORY_MB,
         )  # fmt: skip
     finally:

@@ -18,7 +18,8 @@ from tests.conftest import PAST, ROOT, cli, dataset, sim_args, sim_env
 
 JSON_KEYS = {
     "status", "exit_code", "error", "stopped", "lake", "scope", "start_date", "end_date", "accounts",
-    "shards", "pages", "records", "bytes_written", "requests", "retries", "throttled", "elapsed_s",
+    "fetch", "fetch_note", "shards", "pages", "records", "bytes_written", "days_rewritten", "requests",
+    "retries", "throttled", "elapsed_s",
     "records_per_s", "requests_per_s", "rate", "decode_workers", "unverified", "failed", "duckdb",
 }  # fmt: skip
 SHARD_KEYS = {"planned", "verified", "unverified", "failed", "skipped", "unchanged", "harvested",

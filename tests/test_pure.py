@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from harvester.api.pacing import AutoRate, FixedRate, Pacer, make_pacer
@@ -19,6 +20,7 @@ from harvester.harvest.plan import HARVEST, RECHECK, SKIP, manifest_days, plan
 from harvester.lake.lake import Lake
 from harvester.records.assemble import dedupe, order
 from harvester.records.decode import _LOST, _to_float, _to_int, _to_str, _to_ts
+from harvester.records.schema import SCHEMA
 from harvester.records.shard import Shard
 
 D = dt.date(2026, 3, 10)
@@ -204,17 +206,31 @@ async def test_window_needs_two_agreeing_probes() -> None:
 
 
 # -- manifest records -----------------------------------------------------------------------------------
-def test_manifest_records_round_trip_and_a_torn_one_reads_as_absent(tmp_path: Path) -> None:
+def test_manifest_records_round_trip_fold_and_a_torn_one_reads_as_absent(tmp_path: Path) -> None:
     lake = Lake(tmp_path / "lake")
     lake.open({"scope": "partner", "filters": {}})
-    shard = Shard(D, "partner", "MA_1")
+    shard, other = Shard(D, "partner", "MA_1"), Shard(D, "partner", "MA_2")
+    table = pa.Table.from_pylist(
+        [{"uuid": f"u{i}", "account_id": "MA_1", "start_time": None} for i in range(3)], SCHEMA
+    )
+    lake.write_file(shard, table)
     lake.commit(shard, {"shard": shard.key, "rows": 3, "verified": True})
-    assert lake.committed(shard) == {"shard": shard.key, "rows": 3, "verified": True}
-    assert [r["shard"] for r in lake.manifest([D])] == [shard.key] and lake.manifest(
-        [D - dt.timedelta(1)]
-    ) == []
-    (tmp_path / "lake" / lake.manifest_key(shard)).write_text('{"shard": ')  # torn
-    assert lake.committed(shard) is None and lake.manifest([D]) == []
+    lake.commit(other, {"shard": other.key, "rows": 0, "verified": True})  # an empty shard
+    staged = {"shard": shard.key, "rows": 3, "verified": True, "file_missing": False}
+    assert lake.committed(shard) == staged
+    assert sorted(r["shard"] for r in lake.manifest([D])) == [shard.key, other.key]
+    assert lake.manifest([D - dt.timedelta(1)]) == []
+    assert lake.fold(D, {}, set()) and not lake.fold(D, {}, set())  # nothing staged the second time
+    folded = lake.committed(shard)
+    assert (
+        folded is not None and folded["file"] == "date=2026-03-10/cdr.parquet" and not folded["file_missing"]
+    )
+    assert pq.read_table(tmp_path / "lake" / folded["file"]).column("uuid").to_pylist() == ["u0", "u1", "u2"]
+    (tmp_path / "lake" / folded["file"]).unlink()  # rows gone: the record says so
+    assert lake.committed(shard)["file_missing"] is True  # type: ignore[index]
+    lake.commit(shard, {"shard": shard.key, "rows": 3, "verified": True})
+    (tmp_path / "lake" / f"_staging/date={D}/MA_1.json").write_text('{"shard": ')  # torn
+    assert lake.committed(shard)["file_missing"] is True  # type: ignore[index]  # the folded one
     lake.close()
     assert (tmp_path / "lake" / "_lake.json").exists() and not (tmp_path / "lake" / "_lock").exists()
 

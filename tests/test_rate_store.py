@@ -15,7 +15,17 @@ import orjson
 import pytest
 
 from harvester.sim import SimConfig
-from tests.conftest import PAST, all_records, assert_lake_equals, cli, dataset, sim_args, sim_env, spawn
+from tests.conftest import (
+    PAST,
+    all_records,
+    assert_lake_equals,
+    cli,
+    committed_keys,
+    dataset,
+    sim_args,
+    sim_env,
+    spawn,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 
@@ -90,7 +100,7 @@ async def test_redis_gone_mid_run_stops_with_exit_4_and_a_rerun_completes(
     args = sim_args(sim, out, "--rate", "15", "--rate-store", redis_url)
     proc = await spawn(*args, env=sim_env(sim))
     for _ in range(400):  # wait for the first committed shard, then take Redis away
-        if list(out.glob("_manifest/date=*/*.json")):
+        if committed_keys(out):
             break
         await asyncio.sleep(0.02)
     port = redis_url.rsplit(":", 1)[1].split("/")[0]

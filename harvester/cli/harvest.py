@@ -54,6 +54,13 @@ def add_parser(sub: Any) -> None:
         metavar="AUTH_ID",
         help="a customer auth_id (repeatable); default: every account in the listing",
     )
+    g.add_argument(
+        "--fetch",
+        default=DEFAULTS["fetch"],
+        help="partner scope: 'global' reads a day of every customer through the partner feed "
+        "(/partner/cdrs, the fewest requests), 'per-customer' one customer-day at a time; "
+        "'auto' (default) uses the feed when its records name the listing's customers",
+    )
     g.add_argument("--start-date", help="first day, YYYY-MM-DD (default: yesterday, UTC)")
     g.add_argument("--end-date", help="last day, inclusive (default: --start-date or yesterday)")
     g.add_argument(
@@ -226,6 +233,7 @@ def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> Ha
         s3_region=args.s3_region,
         max_body_mb=args.max_body_mb,
         rate_store=args.rate_store,
+        fetch=args.fetch,
         partition=parse_partition(args.partition, args.partitions, os.environ.get("JOB_COMPLETION_INDEX")),
     )
     check_range("--progress-interval", args.progress_interval, 0.1, 86400, "use 0.1 to 86400 seconds")

@@ -1,5 +1,5 @@
 """The ``vobiz-harvest`` command line: one module per command (harvest, sim, demo, get,
-accounts, probe-dates, bench), assembled here.
+accounts, probe-dates, bench, compact), assembled here.
 
 Every error an operator can cause ends as one line on stderr and an exit code, never a
 traceback: see :mod:`harvester.errors` for the codes.
@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from harvester.cli import bench, demo, harvest, lookups, sim
+from harvester.cli import bench, compact, demo, harvest, lookups, sim
 from harvester.cli.common import PROG, Parser
 from harvester.cli.settings import given_on_command_line, load_toml
 from harvester.errors import EXIT_FATAL, HarvestError, clean
@@ -26,6 +26,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "accounts": lookups.command,
     "probe-dates": lookups.command,
     "bench": bench.command,
+    "compact": compact.command,
 }
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     lookups.add_parsers(sub)
     bench.add_parser(sub)
+    compact.add_parser(sub)
     return p
 
 

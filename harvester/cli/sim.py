@@ -37,6 +37,13 @@ def _add_sim_data(p: argparse.ArgumentParser) -> None:
         default=500,
         help="mean calls per customer and day (varies ±40%%)",
     )
+    g.add_argument(
+        "--volumes",
+        default="even",
+        choices=["even", "lognormal"],
+        help="calls per customer-day: even (±40%% of --calls-per-day) or lognormal (a partner's "
+        "long tail: most customers a handful, a few many)",
+    )
     g.add_argument("--end-date", default=None, help="last simulated day (default: yesterday UTC)")
     g.add_argument("--rate-limit", type=float, default=None, help="requests/s per credential (429 beyond)")
     g.add_argument("--burst", type=int, default=None, help="token-bucket size of the rate limit")
@@ -79,6 +86,7 @@ def _sim_config(args: argparse.Namespace) -> Any:
         calls_per_day=args.calls_per_day,
         end_date=end,
         cache_records=args.cache_records,
+        volumes=args.volumes,
     )
     return SimConfig(
         dataset=data,

@@ -1,5 +1,6 @@
 """One run over one lake, in this order: accounts → plan → day window → for each shard:
-fetch (staged) → verify → publish → commit.
+fetch → verify → stage → commit; and once a day's shards are all done, fold the day (its
+file takes in the committed shards, which become visible).
 
 Shards run through ``--concurrency + 4`` lanes that take the next planned shard when their
 last is done, so tasks do not grow with the plan. Each shard ends in one
@@ -20,7 +21,7 @@ from harvester.api.accounts import discover_accounts
 from harvester.api.client import Client
 from harvester.config import HarvestConfig
 from harvester.errors import ShardError, UsageError, shown
-from harvester.harvest import window
+from harvester.harvest import feed, window
 from harvester.harvest.fetch import Fetched, Fetcher, at_once
 from harvester.harvest.plan import RECHECK, SKIP, Planned, manifest_days, plan
 from harvester.harvest.pool import DecodePool
@@ -54,6 +55,10 @@ class RunStats:
     accounts: int = 0
     rejected: dict[str, str] = field(default_factory=dict)  # listed ids that cannot be harvested
     stopped: str | None = None
+    fetch: str = ""  # partner scope: "global" (the partner feed) or "per-customer"
+    fetch_note: str = ""  # why the feed was not used, when it was wanted
+    days_folded: int = 0  # day files rewritten
+    fold_failed: dict[str, str] = field(default_factory=dict)  # day → why its file was not rewritten
 
     def count(self) -> Counter[str]:
         c: Counter[str] = Counter()
@@ -72,6 +77,11 @@ class Harvester:
         self.cfg, self.client, self.lake = cfg, client, lake
         self.stats = RunStats()
         self._prior: dict[str, dict[str, Any]] = {}  # manifest records of the planned days
+        self._known: set[str] = set()  # the customers of the run's listing
+        self._left: Counter[dt.date] = Counter()  # shards of each day not yet done
+        self._unfolded: set[dt.date] = set()  # days with committed shards not in their file
+        self._failed: dict[dt.date, dict[str, str]] = {}
+        self._cleared: dict[dt.date, set[str]] = {}
         # Shard assembly and file writes run here, off the event loop: two threads keep both
         # cores of a local disk busy; an object store's uploads wait on the network.
         self._io = ThreadPoolExecutor(2 if lake.store.local else 6, thread_name_prefix="shard-io")
@@ -99,12 +109,25 @@ class Harvester:
         return list(dict.fromkeys(self.cfg.customers))
 
     async def plan(self) -> list[Planned]:
-        """Accounts, then every shard with its mode (from the manifest as it is now)."""
+        """Accounts, how to read them (the partner feed or one customer at a time), then
+        every shard with its mode (from the manifest as it is now)."""
         accounts = await self.accounts()
-        self.stats.accounts = len([a for a in accounts if a])
+        self._known = {a for a in accounts if a}
+        self.stats.accounts = len(self._known)
         records = self.lake.manifest(manifest_days(self.cfg))
         self._prior = {str(rec.get("shard")): rec for rec in records}
-        return plan(self.cfg, accounts, self._prior)
+        use_feed = False
+        if feed.wanted(self.cfg) and self._known:
+            fact = self.lake.identity.server_fact("feed")
+            use_feed, why = await feed.choose(self.cfg, self.fetcher.pages, self._known, self._prior, fact)
+            if why:
+                log.warning("reading customers one at a time: the partner feed cannot be used (%s)", why)
+                self.stats.fetch_note = why
+        planned = plan(self.cfg, accounts, self._prior, feed=use_feed)
+        if self.cfg.scope == "partner":
+            feed_days = any(p.shard.scope == "global" for p in planned)
+            self.stats.fetch = "global" if feed_days else "per-customer"
+        return planned
 
     async def learn_window(self, planned: list[Planned], record: bool) -> None:
         """Set how ``end_date`` is read (see :mod:`harvester.harvest.window`)."""
@@ -126,6 +149,9 @@ class Harvester:
         self.stats.shards_planned = len(planned)
         await self.learn_window(planned, record=True)
         todo = iter(planned)
+        for p in planned:
+            self._left[p.shard.day] += 1
+        self._unfolded = set(self.lake.staged_days())  # a stopped run's committed shards
 
         async def lane() -> None:
             for p in todo:
@@ -133,6 +159,8 @@ class Harvester:
 
         try:
             await at_once(lane() for _ in range(min(len(planned), self.cfg.concurrency + 4)))
+            for day in sorted(self._unfolded - set(self._left)):  # days this run did not plan
+                await self._fold(day)
         finally:
             self._io.shutdown(wait=True, cancel_futures=True)
         return self.stats
@@ -144,6 +172,29 @@ class Harvester:
             log.warning("shard %s failed: %s", p.shard.key, e)
             result = ShardResult(p.shard, "failed", "harvested", detail=str(e))
         self.stats.results.append(result)
+        day = p.shard.day
+        if result.status == "failed":
+            self._failed.setdefault(day, {})[p.shard.who] = result.detail
+            self._unfolded.add(day)
+        else:
+            self._cleared.setdefault(day, set()).add(p.shard.who)
+            if result.action != "skipped":
+                self._unfolded.add(day)
+        self._left[day] -= 1
+        if self._left[day] == 0 and day in self._unfolded:
+            await self._fold(day)
+
+    async def _fold(self, day: dt.date) -> None:
+        """The day's shards are all done: its file takes in what was committed (the rows
+        become visible now), and its manifest records what failed."""
+        failed, cleared = self._failed.pop(day, {}), self._cleared.pop(day, set())
+        try:
+            if await self.fetcher.off_loop(self.lake.fold, day, failed, cleared):
+                self.stats.days_folded += 1
+        except ShardError as e:
+            log.warning("day %s: its file was not rewritten: %s", day, e)
+            self.stats.fold_failed[day.isoformat()] = str(e)
+        self._unfolded.discard(day)
 
     async def do_shard(self, shard: Shard, mode: str) -> ShardResult:
         """One shard, start to end: skip, re-check, or fetch → verify → publish → commit."""
@@ -155,10 +206,25 @@ class Harvester:
             same = first.total == prior.get("api_total") and first.summary == prior.get("api_summary")
             if same and prior.get("verified"):
                 if prior.get("open_day") and shard.day < self.cfg.today:
-                    await self.fetcher.off_loop(self.lake.commit, shard, {**prior, "open_day": False})
+                    # The record alone changes: its rows stay where they are (in the day's file
+                    # when that is where the record points, else in the staging area).
+                    in_day = str(prior.get("file") or "").startswith("date=")
+                    record = {k: v for k, v in prior.items() if k != "file_missing"}
+                    await self.fetcher.off_loop(
+                        self.lake.commit, shard, {**record, "open_day": False, "in_day": in_day}
+                    )
                 return ShardResult(shard, "unchanged", "rechecked", rows=int(prior["rows"]))
             log.info("shard %s changed since it was committed: re-harvesting", shard.key)
-        fetched = await self.fetcher.fetch(shard)  # staged and verified, not yet visible
+        fetched = await self.fetcher.fetch(shard)  # verified, not yet written
+        if shard.scope == "global" and self.cfg.scope == "partner":
+            odd = feed.strangers(fetched.accounts, self._known)
+            if odd:  # records no customer owns: not committed, and the next run reads customers
+                if fetched.staged is not None:
+                    await self.fetcher.off_loop(fetched.staged.discard)
+                await self.fetcher.off_loop(
+                    self.lake.identity.record_server_fact, "feed", feed.UNATTRIBUTABLE
+                )
+                raise ShardError(feed.unattributed_error(shard.day, odd))
         nbytes = await self.fetcher.off_loop(self._publish, shard, fetched)
         verdict = fetched.verdict
         self.stats.records += fetched.rows
@@ -181,7 +247,7 @@ class Harvester:
             nbytes = self.lake.write_file(shard, fetched.data)
         else:
             assert fetched.table is not None
-            nbytes = self.lake.write_shard(shard, fetched.table)
+            nbytes = self.lake.write_file(shard, fetched.table)
         self.lake.commit(shard, {**self._record(shard, fetched), "bytes": nbytes})
         return nbytes
 

@@ -37,7 +37,14 @@ from harvester.lake.store import StagedTable
 from harvester.records.assemble import dedupe, order
 from harvester.records.decode import Collector, Page
 from harvester.records.shard import Shard
-from harvester.records.verify import Verdict, contradiction, missing_uuids, table_sums, verify_counts
+from harvester.records.verify import (
+    Verdict,
+    accounts_in,
+    contradiction,
+    missing_uuids,
+    table_sums,
+    verify_counts,
+)
 
 log = logging.getLogger("harvester.harvest.fetch")
 T = TypeVar("T")
@@ -59,6 +66,7 @@ class Fetched:
     table: pa.Table | None = None
     data: bytes | None = None
     staged: StagedTable | None = None
+    accounts: frozenset[str | None] = frozenset()  # the distinct account_id of its rows
 
     @property
     def rows(self) -> int:
@@ -107,7 +115,7 @@ class Fetcher:
         table = await self.off_loop(lambda: order(dedupe(got.table()), by_account))
         sums, missing = table_sums(table), missing_uuids(table)
         verdict = verify_counts(table.num_rows, sums, first.total, first.summary, missing, problems)
-        return Fetched(first, verdict, got.pages, table=table)
+        return Fetched(first, verdict, got.pages, table=table, accounts=accounts_in(table))
 
     async def _fan_out(self, shard: Shard, problems: list[str]) -> Fetched:
         """Closed day: probe page 1, then the other pages through the lanes."""
@@ -147,7 +155,7 @@ class Fetcher:
             self.pages.count(page, in_worker=True)
             _note(problems, contradiction(first, page, n))
         verdict = verify_counts(enc.rows, enc.sums, first.total, first.summary, enc.missing, problems)
-        return Fetched(first, verdict, len(enc.pages), data=enc.data)
+        return Fetched(first, verdict, len(enc.pages), data=enc.data, accounts=enc.accounts)
 
     async def _stream(self, shard: Shard, first: Page, problems: list[str]) -> Fetched:
         """A closed day too large to hold: its pages fetched a window at a time, each window
@@ -159,6 +167,7 @@ class Fetcher:
         # fetched again), never hide a repeat.
         seen: set[int] = set()
         sums: Counter[str] = Counter()
+        accounts: set[str | None] = set()
         written, missing, pages = 0, 0, 1
         writing: asyncio.Future[None] | None = None
         try:
@@ -178,6 +187,7 @@ class Fetcher:
                     sums.update(table_sums(table))
                     written += table.num_rows
                     missing += missing_uuids(table)
+                    accounts |= accounts_in(table)
                 if upto >= first.pages or problems:
                     break
                 got, n = Collector(), upto + 1
@@ -195,7 +205,7 @@ class Fetcher:
             problems.clear()
             return await self._walk(shard, problems)
         verdict = verify_counts(written, dict(sums), first.total, first.summary, 0, problems)
-        return Fetched(first, verdict, pages, staged=staged)
+        return Fetched(first, verdict, pages, staged=staged, accounts=frozenset(accounts))
 
     async def _pages_into(
         self, got: Collector, shard: Shard, numbers: range, first: Page, problems: list[str]

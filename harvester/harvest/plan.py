@@ -29,18 +29,32 @@ class Planned:
 
 
 def plan(
-    cfg: HarvestConfig, accounts: Iterable[str | None], prior: Mapping[str, Mapping[str, Any]]
+    cfg: HarvestConfig,
+    accounts: Iterable[str | None],
+    prior: Mapping[str, Mapping[str, Any]],
+    feed: bool = False,
 ) -> list[Planned]:
     """Every shard of the run, newest day first, with its mode. ``prior`` maps a shard's key
-    to its manifest record (those of :func:`manifest_days`)."""
+    to its manifest record (those of :func:`manifest_days`).
+
+    With ``feed`` (partner scope, read through the partner feed), a day is one shard of the
+    global feed, unless the day already holds customer shards and no feed shard (a run of
+    customer shards stopped half-way goes on with them: nothing committed is fetched again)."""
     span = list(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
+    accounts = list(accounts)
     planned: dict[Shard, str] = {}
-    for shard in shards_for(cfg.scope, accounts, span):
-        planned[shard] = _mode(prior.get(shard.key), cfg.refresh, in_lookback=shard.day < cfg.start_date)
+    for day in sorted(span, reverse=True):
+        feed_shard = Shard(day, "global", None)
+        per_customer = shards_for(cfg.scope, accounts, [day])
+        if feed and (feed_shard.key in prior or not any(s.key in prior for s in per_customer)):
+            per_customer = [feed_shard]
+        for shard in per_customer:
+            planned[shard] = _mode(prior.get(shard.key), cfg.refresh, in_lookback=day < cfg.start_date)
     # A shard harvested while its day was open is never final: re-check it every run.
+    scopes = {cfg.scope, "global"} if cfg.scope == "partner" else {cfg.scope}
     for rec in prior.values():
-        if rec.get("open_day") and rec.get("scope") == cfg.scope and not cfg.refresh:
-            shard = Shard(dt.date.fromisoformat(str(rec["date"])), cfg.scope, rec.get("account"))
+        if rec.get("open_day") and rec.get("scope") in scopes and not cfg.refresh:
+            shard = Shard(dt.date.fromisoformat(str(rec["date"])), str(rec["scope"]), rec.get("account"))
             planned.setdefault(shard, RECHECK)
     if cfg.partition is not None:  # only this run's part of the plan
         index, parts = cfg.partition

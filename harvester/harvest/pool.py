@@ -41,7 +41,7 @@ from harvester.records.assemble import dedupe, order
 from harvester.records.decode import RAW, Collector, Page, Part, decode_page
 from harvester.records.encoding import parquet_bytes
 from harvester.records.schema import SCHEMA
-from harvester.records.verify import missing_uuids, table_sums
+from harvester.records.verify import accounts_in, missing_uuids, table_sums
 
 log = logging.getLogger("harvester.workers")
 _RAW_SCHEMA = pa.schema([pa.field("r", RAW)])
@@ -74,6 +74,7 @@ class Encoded:
     missing: int
     sums: dict[str, float]
     data: bytes
+    accounts: frozenset[str | None]
 
 
 def _encode(bodies: list[bytes], per_page: int, by_account: bool) -> tuple[Any, ...]:
@@ -88,7 +89,8 @@ def _encode(bodies: list[bytes], per_page: int, by_account: bool) -> tuple[Any, 
             numbers.append(_numbers(page))
         table = order(dedupe(got.table()), by_account)
         data = parquet_bytes(table).to_pybytes() if table.num_rows else b""
-        return "ok", numbers, table.num_rows, missing_uuids(table), table_sums(table), data
+        facts = (table.num_rows, missing_uuids(table), table_sums(table), data, accounts_in(table))
+        return "ok", numbers, *facts
     except Exception as e:  # any failure: the loop fetches and decodes the shard itself
         return ("error", str(e) or type(e).__name__)
 
@@ -201,9 +203,9 @@ class DecodePool:
             raise DecodeError(f"decode worker lost ({type(e).__name__})") from None
         if answer[0] != "ok":
             raise DecodeError(str(answer[1]))
-        _, numbers, rows, missing, sums, data = answer
+        _, numbers, rows, missing, sums, data, accounts = answer
         pages = [_page(n, "kept", b"") for n in numbers]
-        return Encoded(pages, rows, missing, sums, data)
+        return Encoded(pages, rows, missing, sums, data, accounts)
 
     def close(self) -> None:
         """Stop the workers (each finishes the page it is on)."""

@@ -14,7 +14,9 @@ from harvester.harvest.engine import Harvester, RunStats
 def exit_code(stats: RunStats, allow_unverified: bool) -> int:
     """0 when every shard is complete; 1 when any failed, is unverified, or the run stopped."""
     c = stats.count()
-    if stats.stopped or c["failed"] or stats.rejected or (c["unverified"] and not allow_unverified):
+    if stats.stopped or c["failed"] or stats.rejected or stats.fold_failed:
+        return EXIT_INCOMPLETE
+    if c["unverified"] and not allow_unverified:
         return EXIT_INCOMPLETE
     if len(stats.results) < stats.shards_planned:
         return EXIT_INCOMPLETE
@@ -45,6 +47,8 @@ def build(
         "start_date": cfg.start_date.isoformat(),
         "end_date": cfg.end_date.isoformat(),
         "accounts": stats.accounts,
+        "fetch": stats.fetch or cfg.scope,
+        "fetch_note": stats.fetch_note or None,
         "shards": {
             "planned": stats.shards_planned,
             "verified": c["verified"],
@@ -59,6 +63,7 @@ def build(
         "pages": counts.pages,
         "records": stats.records,
         "bytes_written": stats.bytes,
+        "days_rewritten": stats.days_folded,
         "requests": client.requests,
         "retries": client.retries,
         "throttled": client.throttled,
@@ -74,6 +79,10 @@ def build(
         + [
             {"shard": f"customer {who}", "detail": f"the listing's id {who} {why}: not harvested"}
             for who, why in stats.rejected.items()
+        ]
+        + [
+            {"shard": f"day {day}", "detail": f"its file was not rewritten ({why}): re-run to fold it"}
+            for day, why in stats.fold_failed.items()
         ],
         "duckdb": f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning=true)",
     }

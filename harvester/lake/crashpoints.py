@@ -1,8 +1,10 @@
 """Deterministic crash points for kill -9 tests of resume (off unless the env asks).
 
 ``VOBIZ_HARVEST_CRASH=<point>:<n>`` makes the process SIGKILL itself the n-th time it passes
-``<point>``: ``before-rename`` (shard file written under its temporary name),
-``after-rename`` (file in place, manifest not yet written) or ``after-commit``.
+``<point>``: ``before-rename`` (a file written under its temporary name), ``after-rename``
+(a file in place), ``after-commit`` (a shard's record staged), ``after-day-file`` (a day's
+new file in place, its manifest not yet written) or ``after-day-doc`` (the day's manifest
+written, its staged shards not yet removed).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import orjson
 from harvester.errors import UsageError, clean
 from harvester.lake.store import Store, read_json
 
-FORMAT = 1
+FORMAT = 2  # 1: one file per shard (until 0.x); 2: one file per day (lake.days)
 KEY = "_lake.json"
 
 
@@ -38,6 +38,11 @@ class LakeIdentity:
                 raise UsageError(f"--out {where} holds data but no {KEY}: use an empty directory")
             self.pending = want
             return
+        if have.get("format") == 1:
+            raise UsageError(
+                f"--out {where} is a lake of the earlier layout (one file per customer-day): "
+                f"convert it once with 'vobiz-harvest compact --out {where}'"
+            )
         if {k: have.get(k) for k in want} != want:
             raise UsageError(
                 f"--out {where} holds {_text(have)}, this run asks {_text(want)}: "

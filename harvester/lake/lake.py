@@ -3,22 +3,24 @@ lock and identity.
 
 Layout (a local directory, or an object-store prefix such as ``s3://bucket/cdr``)::
 
-    <out>/_lake.json                           scope and filters this lake holds (lake.identity)
-    <out>/_lock                                held by the running harvest (lake.lock)
-    <out>/_manifest/date=YYYY-MM-DD/<who>.json one small record per committed shard
-    <out>/date=YYYY-MM-DD/cdr-<who>.parquet    one file per non-empty shard
+    <out>/_lake.json                         scope and filters this lake holds (lake.identity)
+    <out>/_lock, _locks/part-I-of-N          held by the running harvest (lake.lock)
+    <out>/_locks/date=YYYY-MM-DD             held while that day's file is rewritten
+    <out>/_staging/date=YYYY-MM-DD/<who>.*   committed shards not yet in their day's file
+    <out>/_manifest/date=YYYY-MM-DD.json     the day: each folded shard's record, what failed
+    <out>/date=YYYY-MM-DD/cdr.parquet        the day's rows, every customer's, in one file
 
-A shard's file appears whole or not at all (see :mod:`harvester.lake.store`), and only then
-is it recorded in the manifest, durably: a reader that trusts the manifest never sees a
-partial shard, and a re-run replaces, never duplicates. Names that start with ``_`` or ``.``
-are skipped by Spark and DuckDB readers of the lake.
+A shard is fetched, verified, staged and committed on its own (resume stays at one shard);
+its rows become visible when its day is folded into the day's file, which is replaced whole
+(:mod:`harvester.lake.days`). A reader globbing ``date=*/*.parquet`` (or ``**/*.parquet``)
+never sees part of a shard or a record twice. Names that start with ``_`` or ``.`` are
+skipped by Spark and pyarrow readers, and no file outside ``date=*/`` ends in ``.parquet``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,12 +28,13 @@ from urllib.parse import urlsplit
 import orjson
 import pyarrow as pa
 
+from harvester.lake import days
 from harvester.lake.crashpoints import crash_point
 from harvester.lake.identity import LakeIdentity
 from harvester.lake.local import LocalStore
 from harvester.lake.lock import LakeLock
 from harvester.lake.objects import ObjectStore
-from harvester.lake.store import StagedTable, Store, is_uri, read_json
+from harvester.lake.store import StagedTable, Store, is_uri
 from harvester.records.encoding import WRITE_OPTIONS, parquet_bytes
 from harvester.records.schema import SCHEMA
 from harvester.records.shard import Shard, part_of, shard_key_of
@@ -84,19 +87,14 @@ class Lake:
     # -- shards --------------------------------------------------------------------------
     @staticmethod
     def file_key(shard: Shard) -> str:
-        return f"date={shard.day.isoformat()}/{shard.file_name}"
+        """Where a shard's rows are kept until its day is folded (see :mod:`lake.days`)."""
+        return days.staged_data(shard.day, shard.who)
 
-    @staticmethod
-    def manifest_key(shard: Shard) -> str:
-        return f"_manifest/date={shard.day.isoformat()}/{shard.who}.json"
-
-    def write_shard(self, shard: Shard, table: pa.Table) -> int:
-        """Encode a shard's table and write its file (see :meth:`write_file`)."""
-        return self.write_file(shard, parquet_bytes(table) if table.num_rows else b"")
-
-    def write_file(self, shard: Shard, data: bytes | pa.Buffer) -> int:
-        """Write a shard's encoded file so it appears whole; an empty shard (no bytes) has no
-        file. Returns bytes."""
+    def write_file(self, shard: Shard, data: pa.Table | bytes | pa.Buffer) -> int:
+        """Stage a shard's file (its rows, or their encoding) so it appears whole; an empty
+        shard has no file. Returns bytes."""
+        if isinstance(data, pa.Table):
+            data = parquet_bytes(data) if data.num_rows else b""
         key = self.file_key(shard)
         if not len(data):
             self.store.delete(key)
@@ -104,54 +102,71 @@ class Lake:
         return int(self.store.write(key, data))
 
     def stage_shard(self, shard: Shard) -> StagedTable:
-        """A shard's file written a row group at a time, appearing whole on ``publish``."""
+        """A shard's staged file written a row group at a time, appearing whole on ``publish``."""
         options = {k: v for k, v in WRITE_OPTIONS.items() if k != "row_group_size"}
         return self.store.stage_table(self.file_key(shard), SCHEMA, **options)
 
     def commit(self, shard: Shard, record: dict[str, Any]) -> None:
-        """Record a shard as committed, after its file is in place; the record is durable
-        (fsynced, or uploaded) when this returns."""
+        """Record a shard as committed, after its staged file is in place; the record is
+        durable (fsynced, or uploaded) when this returns. Its rows become visible to readers
+        when its day is folded (:meth:`fold`)."""
         self.identity.write_pending()
         data = orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-        self.store.write(self.manifest_key(shard), data)
+        self.store.write(days.staged_record(shard.day, shard.who), data)
         crash_point("after-commit")
         self.lock.heartbeat()
 
     def committed(self, shard: Shard) -> dict[str, Any] | None:
-        return read_json(self.store, self.manifest_key(shard))
+        """A shard's committed record (folded into its day, or staged), or None."""
+        return self.day(shard.day).records.get(shard.who)
 
-    def manifest(self, days: Iterable[dt.date]) -> list[dict[str, Any]]:
-        """The committed records of ``days``, read in parallel (an object store answers slowly).
-        A record whose file is gone from the lake (deleted, expired by a lifecycle rule) comes
-        back with ``"file_missing": True``. Reads one listing of the manifest and one of the
-        data files per day: the cost follows the days asked, not the lake's age."""
-        keys: list[str] = []
-        files: set[str] = set()
-        for day in days:
-            keys += [k for k in self.store.keys(f"_manifest/date={day.isoformat()}") if _is_record(k)]
-            files |= set(self.store.keys(f"date={day.isoformat()}"))
-        if self.store.local or len(keys) < 8:
-            recs = [read_json(self.store, k) for k in keys]
-        else:
-            with ThreadPoolExecutor(16) as pool:
-                recs = list(pool.map(lambda k: read_json(self.store, k), keys))
-        found = [r for r in recs if r is not None]
-        for rec in found:
-            if rec.get("file") and rec["file"] not in files:
-                rec["file_missing"] = True
+    def manifest(self, dates: Iterable[dt.date]) -> list[dict[str, Any]]:
+        """The committed records of ``dates``: each day's manifest document overlaid by its
+        staged records. A record whose rows are gone from the lake (a file deleted, an object
+        expired by a lifecycle rule) comes back with ``"file_missing": True``. Three calls
+        per day (the document, two listings) and one read per staged record: the cost follows
+        the days asked, not the lake's age."""
+        found: list[dict[str, Any]] = []
+        for day in dates:
+            state = self.day(day)
+            found += state.records.values()
         return found
+
+    def day(self, day: dt.date) -> days.DayState:
+        data = set(self.store.keys(f"date={day.isoformat()}"))
+        return days.read_day(self.store, day, data, self.store.keys(f"_staging/date={day.isoformat()}"))
+
+    def staged_days(self) -> list[dt.date]:
+        """Days with shards committed but not folded (a run stopped before folding them)."""
+        found = set()
+        for key in self.store.keys("_staging"):
+            day = shard_key_of(key)
+            if day is not None and key.endswith(".json"):
+                found.add(dt.date.fromisoformat(day.split("/")[0]))
+        return sorted(found)
+
+    def fold(self, day: dt.date, failed: dict[str, str], cleared: set[str]) -> bool:
+        """Make the day's file hold its committed shards (see :func:`lake.days.fold`), under
+        the day's lock: the workers of a partitioned run share days."""
+        lock = LakeLock(self.store, f"_locks/date={day.isoformat()}")
+        lock.acquire(wait=DAY_LOCK_WAIT)
+        try:
+            return days.fold(self.store, day, failed, cleared)
+        finally:
+            lock.release()
+
+
+DAY_LOCK_WAIT = 600.0  # seconds to wait for another worker folding the same day
 
 
 def _owned(key: str, part: tuple[int, int] | None) -> bool:
     """Whether a run of ``part`` (None: the whole lake) owns a lake key's leftovers."""
     if part is None:
         return True
+    if key.endswith("/cdr.parquet"):  # a day file: written under its day's lock, by any part
+        return False
     shard = shard_key_of(key)
     return shard is not None and part_of(shard, part[1]) == part[0]
-
-
-def _is_record(key: str) -> bool:
-    return key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(".")
 
 
 def open_store(out: str | Path, endpoint_url: str | None = None, region: str | None = None) -> Store:

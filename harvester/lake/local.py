@@ -111,11 +111,22 @@ class LocalStore:
         return StagedTable(writer, publish, discard, f"{final}")
 
     def delete(self, key: str) -> None:
+        """Remove ``key``, and its directories once empty (a day's staging area, the day
+        locks): a folded lake holds no empty directories."""
+        path = self.path(key)
         with contextlib.suppress(FileNotFoundError):
-            self.path(key).unlink()
+            path.unlink()
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
 
     def keys(self, prefix: str) -> list[str]:
-        base = self.path(prefix)
+        """Every file under ``prefix`` ("": the whole lake), as keys."""
+        base = self.path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
@@ -130,8 +141,14 @@ class LocalStore:
         final, tmp = _tmp(self.path(key))
         try:
             with _or_cannot_write(tmp, final):
-                final.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(data)
+                for attempt in range(3):  # another thread may remove the emptied directory
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        tmp.write_bytes(data)
+                        break
+                    except FileNotFoundError:
+                        if attempt == 2:
+                            raise
                 try:
                     os.link(tmp, final)
                 except FileExistsError:
@@ -145,7 +162,7 @@ class LocalStore:
         """Delete temporary files left by a killed run, of the keys ``mine`` says this run
         owns (a run of one part of a plan leaves the other parts' files alone)."""
         n = 0
-        for pattern in ("date=*/.*.tmp", "_manifest/date=*/.*.tmp", ".*.tmp"):
+        for pattern in ("date=*/.*.tmp", "_staging/date=*/.*.tmp", "_manifest/.*.tmp", ".*.tmp"):
             for p in self.root.glob(pattern):
                 final = p.with_name(p.name[1:].rsplit(".", 2)[0])  # .<name>.<pid>.tmp
                 if mine(final.relative_to(self.root).as_posix()):

@@ -32,8 +32,19 @@ class LakeLock:
         self.held = False
         self._beat = 0.0
 
-    def acquire(self) -> None:
-        """Take the lock, taking over a stale one; :class:`LakeError` when a live run holds it."""
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lock, taking over a stale one; :class:`LakeError` when a live run holds
+        it for longer than ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._take()
+            except LakeError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _take(self) -> None:
         where = self.store.describe()
         me = _me()
         for _ in range(3):

@@ -138,7 +138,8 @@ class ObjectStore:
 
     def keys(self, prefix: str) -> list[str]:
         def op() -> list[str]:
-            sel = pafs.FileSelector(self._full(prefix), recursive=True, allow_not_found=True)
+            where = self._full(prefix) if prefix else self.base  # "": the whole lake
+            sel = pafs.FileSelector(where, recursive=True, allow_not_found=True)
             infos = self.fs.get_file_info(sel)
             cut = len(self.base) + 1 if self.base else 0
             return sorted(i.path[cut:] for i in infos if i.type == pafs.FileType.File)

@@ -28,7 +28,6 @@ import pyarrow.compute as pc
 from harvester.errors import BadResponse, DecodeError, shown
 from harvester.records.schema import ARROW_TYPES, FIELD_NAMES, FIELDS, INT, KNOWN, SCHEMA, TIMESTAMP, TS
 
-_UUID = FIELD_NAMES.index("uuid")
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
 
 # What the fast path asks Arrow for: timestamps as text (parsed by the cast in ``finish``),
@@ -57,9 +56,14 @@ class Part:
 
     @property
     def uuids(self) -> list[Any]:
+        return self.values("uuid")
+
+    def values(self, name: str) -> list[Any]:
+        """One field of every record (as decoded, before the final cast)."""
+        i = FIELD_NAMES.index(name)
         if self.done is not None:
-            return self.done.column(_UUID).to_pylist()
-        return self.raw.field(_UUID).to_pylist() if self.raw is not None else []
+            return self.done.column(i).to_pylist()
+        return self.raw.field(i).to_pylist() if self.raw is not None else []
 
 
 @dataclass(frozen=True)

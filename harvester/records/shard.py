@@ -55,10 +55,13 @@ def part_of(shard_key: str, parts: int) -> int:
     return int.from_bytes(digest[:8], "big") % parts
 
 
-_SHARD_FILE = re.compile(r"(?:_manifest/)?date=(\d{4}-\d{2}-\d{2})/(?:cdr-)?(.+?)\.(?:parquet|json)")
+_SHARD_FILE = re.compile(
+    r"(?:_manifest/|_staging/)?date=(\d{4}-\d{2}-\d{2})/(?:cdr-)?(.+?)\.(?:parquet|json|staged)"
+)
 
 
 def shard_key_of(lake_key: str) -> str | None:
-    """The shard key (``day/who``) a lake key (its file or its manifest record) belongs to."""
+    """The shard key (``day/who``) a lake key (its staged file or record, or a file or
+    record of the earlier one-file-per-shard layout) belongs to."""
     m = _SHARD_FILE.fullmatch(lake_key)
     return f"{m.group(1)}/{m.group(2)}" if m else None

@@ -32,6 +32,12 @@ def missing_uuids(table: pa.Table) -> int:
     return uuids.null_count + int(empty)
 
 
+def accounts_in(table: pa.Table) -> frozenset[str | None]:
+    """The distinct ``account_id`` values of a shard's rows (a feed's rows must name the
+    listing's customers to be attributed)."""
+    return frozenset(pc.unique(table.column("account_id")).to_pylist()) if table.num_rows else frozenset()
+
+
 @dataclass
 class Verdict:
     """What a shard's reconciliation found."""

@@ -125,6 +125,7 @@ class Dataset:
     end_date: dt.date = field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     cache_records: int = 400_000
+    volumes: str = "even"  # even: each shard 0.6–1.4 × calls_per_day; lognormal: a partner's long tail
 
     def __post_init__(self) -> None:
         rng = random.Random(f"{self.seed}:customers")
@@ -160,6 +161,9 @@ class Dataset:
         if day not in self.day_set:
             return 0
         rng = random.Random(f"{self.seed}:count:{auth_id}:{day.isoformat()}")
+        if self.volumes == "lognormal":  # most customers make a handful of calls, a few many
+            scale = random.Random(f"{self.seed}:scale:{auth_id}").lognormvariate(0.0, 1.2)
+            return max(0, int(self.calls_per_day * scale * rng.uniform(0.5, 1.5)))
         return max(0, int(self.calls_per_day * rng.uniform(0.6, 1.4)))
 
     @property

@@ -63,6 +63,7 @@ class SimConfig:
     can_view_cdrs: bool = True  # the partner capability flag; False answers CDR calls with 403
     end_exclusive: bool = False  # read end_date as exclusive (a server the docs do not rule out)
     page_cache_mb: int = 256  # rendered pages kept, so benchmarks measure the client, not us
+    feed_names_customers: bool = True  # False: the global feed's records carry the partner's id
 
 
 class Simulator:
@@ -229,6 +230,8 @@ class Simulator:
         if cached is not None:
             return cached
         recs, summary = self._select(auth_ids, filters, pair)
+        if shard == "global" and not self.config.feed_names_customers:
+            recs = [{**r, "account_id": self.config.auth_id} for r in recs]
         body = page_body(recs, summary, page, per_page, envelope)
         self._pages[key] = body
         self._page_bytes += len(body)

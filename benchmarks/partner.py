@@ -1,0 +1,147 @@
+"""``python -m benchmarks --scenario partner``: a real partner's shape.
+
+2,000 customers with lognormal volumes (most make a handful of calls a day) over 30 days,
+harvested with the default ``--fetch auto``. Reported: requests per 1,000 records against
+the fewest the API allows (the listing's pages plus each day's feed pages), files per day,
+bytes per record and a DuckDB aggregate against one zstd Parquet file of the same rows, peak
+memory of the harvester's processes, a nightly run over the 30-day lake against one over a
+3-day lake, and the peak memory of planning 100k shards against 1k.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import duckdb
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from benchmarks.run import END, ROOT, TOKEN, Scenario, Sim, _client
+from harvester.config import HarvestConfig
+from harvester.harvest.plan import plan
+from harvester.sim import Dataset
+
+CUSTOMERS, DAYS, CALLS = 2000, 30, 8
+AGGREGATE = (
+    "SELECT date, count(*), sum(total_cost) FROM read_parquet('{}', hive_partitioning=true) GROUP BY date"
+)
+
+
+def _nightly(sim: Sim, out: Path) -> tuple[float, int]:
+    """The nightly command (yesterday, re-checking the two days before): seconds, requests."""
+    env = {"VOBIZ_AUTH_ID": "PA_SIMULATOR", "VOBIZ_AUTH_TOKEN": TOKEN}
+    cmd = [sys.executable, "-m", "harvester", "harvest", "--base-url", sim.url, "--out", str(out)]
+    cmd += ["--start-date", END.isoformat(), "--lookback", "2", "--rate", "unlimited", "--json", "--quiet"]
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env}, check=True
+    )
+    rep = json.loads(done.stdout.strip().splitlines()[-1])
+    return time.perf_counter() - t0, int(rep["requests"])
+
+
+def _best(sql: str) -> float:
+    con = duckdb.connect()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        con.sql(sql).fetchall()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _plan_peak(customers: int, days: int) -> float:
+    """Peak bytes (tracemalloc) of planning ``customers`` × ``days`` shards on an empty lake."""
+    cfg = HarvestConfig(
+        base_url="http://127.0.0.1:1",
+        auth_id="PA_X",
+        auth_token="t",
+        out="unused",
+        start_date=END - dt.timedelta(days=days - 1),
+        end_date=END,
+        today=END + dt.timedelta(days=1),
+        filters=MappingProxyType({}),
+        fetch="per-customer",
+    )
+    accounts = [f"MA_{i:08d}" for i in range(customers)]
+    tracemalloc.start()
+    planned = plan(cfg, accounts, {})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(planned) == customers * days
+    return peak
+
+
+def run(work: Path) -> dict[str, Any]:
+    data = Dataset(
+        seed=7,
+        customers=CUSTOMERS,
+        days=DAYS,
+        calls_per_day=CALLS,
+        end_date=END,
+        volumes="lognormal",
+        cache_records=0,
+    )
+    per_day = [sum(data.count(c.auth_id, d) for c in data.customer_list) for d in data.day_list]
+    records = sum(per_day)
+    fewest = math.ceil(CUSTOMERS / 100) + sum(math.ceil(n / 100) for n in per_day)
+    print(f"[partner] {CUSTOMERS} customers × {DAYS} days, {records:,} records", file=sys.stderr)
+    sc = Scenario(
+        "partner", CUSTOMERS, DAYS, CALLS, ["harvester"], runs=1, sim_extra=["--volumes", "lognormal"]
+    )
+    sim = Sim(sc)
+    try:
+        full = _client("harvester", sim, sc, work / "lake")
+        three = Scenario("partner", CUSTOMERS, 3, CALLS, ["harvester"])
+        _client("harvester", sim, three, work / "lake3")
+        night30 = _nightly(sim, work / "lake")
+        night3 = _nightly(sim, work / "lake3")
+    finally:
+        sim.stop()
+    lake = work / "lake"
+    files = sorted(lake.rglob("*.parquet"))
+    lake_bytes = sum(f.stat().st_size for f in files)
+    single = work / "single.parquet"
+    table = pads.dataset([str(f) for f in files], format="parquet").to_table()
+    pq.write_table(table.replace_schema_metadata(None), single, compression="zstd")
+    assert table.num_rows == records, (table.num_rows, records)
+    agg_lake = _best(AGGREGATE.format(f"{lake}/**/*.parquet"))
+    agg_single = _best(AGGREGATE.replace(", hive_partitioning=true", "").replace("date,", "start_time::date,")
+                       .replace("GROUP BY date", "GROUP BY 1").format(single))  # fmt: skip
+    small, large = _plan_peak(100, 10), _plan_peak(1000, 100)
+    return {
+        "scenario": "partner",
+        "customers": CUSTOMERS,
+        "days": DAYS,
+        "records": records,
+        "requests": full["requests"],
+        "fewest_requests": fewest,
+        "requests_per_1000_records": round(full["requests"] / records * 1000, 2),
+        "fewest_per_1000_records": round(fewest / records * 1000, 2),
+        "requests_vs_fewest": round(full["requests"] / fewest, 3),
+        "files_per_day": round(len(files) / DAYS, 2),
+        "bytes_per_record": round(lake_bytes / records, 1),
+        "single_file_bytes_per_record": round(single.stat().st_size / records, 1),
+        "duckdb_aggregate_s": round(agg_lake, 4),
+        "duckdb_aggregate_single_file_s": round(agg_single, 4),
+        "harvest_s": full["elapsed_s"],
+        "records_per_s": full["records_per_s"],
+        "cpu_s_per_m_records": full["cpu_s_per_m_records"],
+        "peak_rss_mb": full["peak_rss_mb"],
+        "nightly_30_day_lake_s": round(night30[0], 2),
+        "nightly_3_day_lake_s": round(night3[0], 2),
+        "nightly_requests_30_vs_3": [night30[1], night3[1]],
+        "plan_peak_mb_1k_shards": round(small / 2**20, 2),
+        "plan_peak_mb_100k_shards": round(large / 2**20, 2),
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,295 @@
+"""A day of the lake: one Parquet file holding every committed shard of the day.
+
+A shard is committed into the staging area, which readers never see (its names start with
+``_`` and no staged file ends in ``.parquet``)::
+
+    _staging/date=D/<who>.staged    the shard's rows (a Parquet file; none when it has none)
+    _staging/date=D/<who>.json      its record: written last, the shard's commit point
+
+:func:`fold` then makes the day's file hold the staged shards: it writes a new file from
+the current one (minus the staged shards' earlier rows) and the staged rows, swaps it in
+whole (a rename, or one object PUT), records the day in ``_manifest/date=D.json``, and only
+then removes what it folded. A kill at any point leaves either the staged shards or the
+folded file, never neither, and the next fold finishes the job (it is idempotent).
+
+The day file carries its own map of which rows belong to which shard (``vobiz.blocks`` in
+its footer: ``[[who, rows], ...]`` in file order), so a fold never depends on a manifest
+being in step with the file. Blocks are in ``who`` order and each block keeps the API's
+order, so a file is sorted by account, then newest call first, and a per-customer filter
+prunes row groups by ``account_id``'s statistics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from harvester.errors import StorageError
+from harvester.lake.crashpoints import crash_point
+from harvester.lake.store import Store, read_json, short
+from harvester.records.encoding import WRITE_OPTIONS
+from harvester.records.schema import SCHEMA
+
+BLOCKS = b"vobiz.blocks"
+FEED = "global"  # the block of a day fetched through the global partner feed
+STAGED = ".staged"
+
+
+def day_file(day: dt.date) -> str:
+    return f"date={day.isoformat()}/cdr.parquet"
+
+
+def day_doc(day: dt.date) -> str:
+    return f"_manifest/date={day.isoformat()}.json"
+
+
+def staged_data(day: dt.date, who: str) -> str:
+    return f"_staging/date={day.isoformat()}/{who}{STAGED}"
+
+
+def staged_record(day: dt.date, who: str) -> str:
+    return f"_staging/date={day.isoformat()}/{who}.json"
+
+
+@dataclass
+class DayState:
+    """What the lake holds of a day: the manifest's records (the folded shards, pointing at
+    the day file) overlaid by the staged records (committed, not yet folded)."""
+
+    records: dict[str, dict[str, Any]]  # who → record (with "file_missing" where its rows are gone)
+    staged: set[str]  # whos with a staged record
+    failed: dict[str, str]  # whos whose last attempt failed, with why
+
+
+def read_day(store: Store, day: dt.date, data_keys: set[str], staged_keys: list[str]) -> DayState:
+    """A day's state from its manifest document and staged records. ``data_keys`` are the
+    day's data files present (``date=D/...``), ``staged_keys`` the day's staging listing."""
+    doc = read_json(store, day_doc(day)) or {}
+    records: dict[str, dict[str, Any]] = {}
+    for who, rec in (doc.get("shards") or {}).items():
+        if isinstance(rec, dict):
+            records[who] = {**rec, "file_missing": bool(rec.get("rows")) and day_file(day) not in data_keys}
+    present = set(staged_keys)
+    staged: set[str] = set()
+    for key in staged_keys:
+        if not key.endswith(".json"):
+            continue
+        rec = read_json(store, key)
+        if rec is None:
+            continue
+        who = key.rsplit("/", 1)[1].removesuffix(".json")
+        gone = bool(rec.get("rows")) and not rec.get("in_day") and staged_data(day, who) not in present
+        records[who] = {**rec, "file_missing": gone}
+        staged.add(who)
+    failed = doc.get("failed") if isinstance(doc.get("failed"), dict) else {}
+    return DayState(records, staged, {str(k): str(v) for k, v in (failed or {}).items()})
+
+
+def fold(store: Store, day: dt.date, failed: dict[str, str], cleared: set[str]) -> bool:
+    """Fold the day's staged shards into its file and manifest (see the module docstring).
+    ``failed`` are shards this run failed, ``cleared`` shards it finished otherwise (the
+    manifest's list of failures drops them). Returns whether anything changed. The caller
+    holds the day's lock."""
+    doc = read_json(store, day_doc(day)) or {}
+    keys = store.keys(f"_staging/date={day.isoformat()}")
+    present = set(keys)
+    staged: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        if key.endswith(".json") and (rec := read_json(store, key)) is not None:
+            staged[key.rsplit("/", 1)[1].removesuffix(".json")] = rec
+    old_failed: dict[str, str] = doc["failed"] if isinstance(doc.get("failed"), dict) else {}
+    new_failed = {w: d for w, d in {**old_failed, **failed}.items() if w not in staged and w not in cleared}
+    if not staged and new_failed == old_failed:
+        return False
+    old = _open(store, day_file(day))
+    old_blocks = _blocks(old)
+    feed_staged = FEED in staged and staged[FEED].get("rows") is not None and not staged[FEED].get("in_day")
+    sources: dict[str, _Source] = {}
+    for who, rows in old_blocks:
+        rec = staged.get(who)
+        keep = rec is None or rec.get("in_day") or (rec.get("rows") and staged_data(day, who) not in present)
+        if keep and not (feed_staged and who != FEED):
+            sources[who] = _Source(old_rows=rows)
+    for who, rec in staged.items():
+        if rec.get("rows") and not rec.get("in_day") and staged_data(day, who) in present:
+            sources[who] = _Source(staged=staged_data(day, who))
+    # Customers fetched on their own replace their rows in a day fetched through the feed.
+    if FEED in sources and len(sources) > 1:
+        sources[FEED].drop_accounts = {w for w in sources if w != FEED}
+    blocks = _write_day(store, day, old, old_blocks, sources)
+    crash_point("after-day-file")
+    shards = {} if feed_staged else dict(doc.get("shards") or {})
+    shards = {w: r for w, r in shards.items() if w in sources or not r.get("rows")}
+    for who, rec in staged.items():
+        if rec.get("rows") and who not in sources:
+            continue  # its rows are lost (a staged file gone): the next run harvests it again
+        shards[who] = rec
+    _write_doc(store, day, blocks, shards, new_failed)
+    crash_point("after-day-doc")
+    for who in staged:  # a staged file before its record: a record never outlives a file unread
+        store.delete(staged_data(day, who))
+        store.delete(staged_record(day, who))
+    return True
+
+
+def write_day(store: Store, day: dt.date, files: dict[str, str], records: dict[str, dict[str, Any]]) -> None:
+    """A day's file made from whole Parquet files (``who`` → key, one per shard), then its
+    manifest document holding ``records`` (how ``compact`` converts a day)."""
+    blocks = _write_day(store, day, None, [], {who: _Source(staged=key) for who, key in files.items()})
+    _write_doc(store, day, blocks, records, {})
+
+
+def _write_doc(
+    store: Store,
+    day: dt.date,
+    blocks: list[tuple[str, int]],
+    shards: dict[str, dict[str, Any]],
+    failed: dict[str, str],
+) -> None:
+    """The day's manifest document: every folded shard's record, what failed, and whether
+    the day is complete (no failure, every shard verified)."""
+    for who, rec in list(shards.items()):
+        shards[who] = {k: v for k, v in rec.items() if k not in ("in_day", "file_missing")}
+        shards[who]["file"] = day_file(day) if rec.get("rows") else None
+    complete = not failed and all(r.get("verified") for r in shards.values())
+    record = {"format": 2, "date": day.isoformat(), "file": day_file(day) if blocks else None}
+    record |= {"rows": sum(n for _, n in blocks), "complete": complete, "failed": failed}
+    record["shards"] = dict(sorted(shards.items()))
+    store.write(day_doc(day), orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+
+@dataclass
+class _Source:
+    """Where a block of the new day file comes from."""
+
+    old_rows: int | None = None  # rows of the current day file's block
+    staged: str | None = None  # a staged file's key
+    drop_accounts: set[str] | None = None  # feed rows of these accounts are replaced
+
+
+def _open(store: Store, key: str) -> pq.ParquetFile | None:
+    data = store.read(key)
+    if data is None:
+        return None
+    try:
+        return pq.ParquetFile(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as e:
+        raise StorageError(f"{store.describe()}/{key} is not a readable Parquet file: {short(e)}") from None
+
+
+def _blocks(pf: pq.ParquetFile | None) -> list[tuple[str, int]]:
+    """The day file's map of blocks; a file without one is one block per ``account_id``."""
+    if pf is None:
+        return []
+    meta = pf.schema_arrow.metadata or {}
+    if BLOCKS in meta:
+        return [(str(w), int(n)) for w, n in orjson.loads(meta[BLOCKS])]
+    raise StorageError("a day file without its map of shards: it was not written by this harvester")
+
+
+def _write_day(
+    store: Store,
+    day: dt.date,
+    old: pq.ParquetFile | None,
+    old_blocks: list[tuple[str, int]],
+    sources: dict[str, _Source],
+) -> list[tuple[str, int]]:
+    """Write the new day file (blocks in ``who`` order) and swap it in; delete it when the
+    day has no rows. Returns the new map of blocks. Staged files are held compressed and
+    decoded a row group at a time, so memory follows a row group, not the day."""
+    offsets: dict[str, int] = {}
+    at = 0
+    for who, rows in old_blocks:
+        offsets[who] = at
+        at += rows
+    parts: dict[str, Callable[[], Iterator[pa.Table]]] = {}
+    blocks: list[tuple[str, int]] = []
+    for who in sorted(sources):
+        src = sources[who]
+        if src.staged is not None:
+            pf = _open(store, src.staged)
+            if pf is None:
+                raise StorageError(f"{store.describe()}/{src.staged} vanished while the day was folded")
+            n, parts[who] = pf.metadata.num_rows, _groups(pf, 0, pf.metadata.num_rows)
+        else:
+            n, parts[who] = int(src.old_rows or 0), _groups(old, offsets[who], int(src.old_rows or 0))
+        if src.drop_accounts:  # a feed block losing the rows of customers fetched on their own
+            drop = pa.array(sorted(src.drop_accounts), pa.string())
+            kept = [
+                t.filter(pc.invert(pc.fill_null(pc.is_in(t.column("account_id"), drop), False)))
+                for t in parts[who]()
+            ]
+            n, parts[who] = sum(t.num_rows for t in kept), _held(kept)
+        if n:
+            blocks.append((who, n))
+    if not blocks:
+        store.delete(day_file(day))
+        return []
+    schema = SCHEMA.with_metadata({BLOCKS: orjson.dumps(blocks)})
+    options = {k: v for k, v in WRITE_OPTIONS.items() if k != "row_group_size"}
+    out = store.stage_table(day_file(day), schema, **options)
+    try:
+        buffer = _RowGroups(out.write, int(WRITE_OPTIONS["row_group_size"]))
+        for who, _ in blocks:
+            for t in parts[who]():
+                buffer.add(t.replace_schema_metadata(None).cast(SCHEMA))
+        buffer.flush()
+    except BaseException:
+        out.discard()
+        raise
+    out.publish()
+    return blocks
+
+
+def _held(tables: list[pa.Table]) -> Callable[[], Iterator[pa.Table]]:
+    return lambda: iter(tables)
+
+
+def _groups(pf: pq.ParquetFile | None, start: int, rows: int) -> Callable[[], Iterator[pa.Table]]:
+    """Rows ``start`` .. ``start + rows`` of a Parquet file, read a row group at a time."""
+
+    def read() -> Iterator[pa.Table]:
+        if pf is None or rows <= 0:
+            return
+        at = 0
+        for i in range(pf.num_row_groups):
+            n = pf.metadata.row_group(i).num_rows
+            lo, hi = max(start, at), min(start + rows, at + n)
+            if lo < hi:
+                yield pf.read_row_group(i).slice(lo - at, hi - lo)
+            at += n
+            if at >= start + rows:
+                return
+
+    return read
+
+
+class _RowGroups:
+    """Gathers small blocks into row groups of ``size`` rows (a row group per tiny block
+    would make the footer, not the data, the file)."""
+
+    def __init__(self, write: Any, size: int) -> None:
+        self.write, self.size = write, size
+        self.held: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        while table.num_rows:
+            take = min(table.num_rows, self.size - self.rows)
+            self.held.append(table.slice(0, take))
+            self.rows += take
+            table = table.slice(take)
+            if self.rows >= self.size:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.write(pa.concat_tables(self.held).combine_chunks())
+        self.held, self.rows = [], 0

@@ -1,0 +1,129 @@
+"""``vobiz-harvest compact``: a lake of the earlier layout (one file and one record per
+customer-day) becomes one file per day, exactly, idempotently, and survives a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from harvester.records.encoding import parquet_bytes
+from harvester.sim import SimConfig
+from tests.conftest import (
+    PAST,
+    all_records,
+    assert_lake_equals,
+    cli,
+    dataset,
+    day_blocks,
+    sim_args,
+    sim_env,
+)
+
+
+async def _old_lake(start_sim, out: Path) -> object:
+    """A lake as the release before one-file-a-day wrote it: harvested, then laid out again
+    as ``date=D/cdr-<who>.parquet`` with ``_manifest/date=D/<who>.json`` and format 1."""
+    ds = dataset(customers=4, days=3, calls_per_day=60, end_date=PAST)
+    ds.counts[(ds.customer_list[3].auth_id, ds.day_list[1].isoformat())] = 0  # an empty shard
+    sim = await start_sim(SimConfig(dataset=ds))
+    code, _, err = await cli(*sim_args(sim, out, "--fetch", "per-customer"), env=sim_env(sim))
+    assert code == 0, err
+    for doc_path in sorted(out.glob("_manifest/date=*.json")):
+        doc = orjson.loads(doc_path.read_bytes())
+        day = doc["date"]
+        blocks = dict(day_blocks(out / f"date={day}/cdr.parquet")) if doc["file"] else {}
+        for who, rec in doc["shards"].items():
+            file = f"date={day}/cdr-{who}.parquet" if rec["rows"] else None
+            if file:
+                (out / file).write_bytes(
+                    parquet_bytes(blocks[who].replace_schema_metadata(None)).to_pybytes()
+                )
+            (out / f"_manifest/date={day}").mkdir(exist_ok=True)
+            (out / f"_manifest/date={day}/{who}.json").write_bytes(orjson.dumps({**rec, "file": file}))
+        (out / f"date={day}/cdr.parquet").unlink(missing_ok=True)
+        doc_path.unlink()
+    ident = orjson.loads((out / "_lake.json").read_bytes())
+    (out / "_lake.json").write_bytes(orjson.dumps({**ident, "format": 1}))
+    assert len(list(out.rglob("cdr-*.parquet"))) == 11
+    assert_lake_equals(out, all_records(sim))
+    return sim
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+async def test_compact_converts_exactly_once_and_the_next_run_fetches_nothing(
+    start_sim, tmp_path: Path
+) -> None:
+    out = tmp_path / "lake"
+    sim = await _old_lake(start_sim, out)
+    code, _, err = await cli(*sim_args(sim, out), env=sim_env(sim))  # refused, naming the fix
+    assert code == 2 and "compact --out" in err
+    code, stdout, err = await cli("compact", "--out", str(out), "--json")
+    assert code == 0, err
+    facts = orjson.loads(stdout)
+    assert (facts["days"], facts["shards"], facts["files_before"], facts["files_after"]) == (3, 12, 11, 3)
+    assert_lake_equals(out, all_records(sim))
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet")) == [
+        f"date={d}/cdr.parquet"
+        for d in sim.data.day_list  # type: ignore[attr-defined]
+    ]
+    assert orjson.loads((out / "_lake.json").read_bytes())["format"] == 2
+    assert not list(out.glob("_manifest/date=*/")) and not (out / "_lock").exists()
+    for f in out.rglob("*.parquet"):
+        assert pq.ParquetFile(f).metadata.num_row_groups == 1
+    # Idempotent: a second compact changes nothing.
+    before = _snapshot(out)
+    code, stdout, err = await cli("compact", "--out", str(out), "--json")
+    assert code == 0 and orjson.loads(stdout)["already_compact"] is True, err
+    assert _snapshot(out) == before
+    # A harvest of the same days finds every shard committed: no shard is fetched again.
+    requests = dict(sim.shard_requests)  # type: ignore[attr-defined]
+    code, stdout, err = await cli(*sim_args(sim, out, "--json"), env=sim_env(sim))
+    assert code == 0, err
+    assert orjson.loads(stdout)["shards"]["skipped"] == 12
+    assert dict(sim.shard_requests) == requests  # type: ignore[attr-defined]
+
+
+async def test_a_lake_compact_cannot_convert_is_left_as_it_is(start_sim, tmp_path: Path) -> None:
+    out = tmp_path / "lake"
+    await _old_lake(start_sim, out)
+    (out / "_lock").write_bytes(
+        orjson.dumps({"pid": os.getpid(), "host": os.uname().nodename, "since": "now"})
+    )
+    before = _snapshot(out)
+    code, _, err = await cli("compact", "--out", str(out))
+    assert code == 4 and "locked" in err and "Traceback" not in err
+    assert _snapshot(out) == before
+    (out / "_lock").unlink()
+    ident = orjson.loads((out / "_lake.json").read_bytes())
+    (out / "_lake.json").write_bytes(orjson.dumps({**ident, "format": 7}))
+    before = _snapshot(out)
+    code, _, err = await cli("compact", "--out", str(out))
+    assert code == 2 and "format '7'" in err and err.count("\n") == 1
+    assert _snapshot(out) == before
+    code, _, err = await cli("compact", "--out", str(tmp_path / "nothing-here"))
+    assert code == 2 and "not a lake" in err and not (tmp_path / "nothing-here").exists()
+
+
+@pytest.mark.parametrize("point", ["before-rename:2", "after-rename:1", "after-rename:2", "after-rename:4"])
+async def test_compact_killed_anywhere_finishes_when_run_again(start_sim, tmp_path: Path, point: str) -> None:
+    out = tmp_path / "lake"
+    sim = await _old_lake(start_sim, out)
+    code, _, _ = await cli("compact", "--out", str(out), env={"VOBIZ_HARVEST_CRASH": point})
+    assert code == -signal.SIGKILL
+    # Killed anywhere, nothing committed is lost (a day can be counted twice until it is finished).
+    rows = {
+        r for p in out.rglob("*.parquet") for r in pq.read_table(p, columns=["uuid"]).column(0).to_pylist()
+    }
+    assert rows == {r["uuid"] for r in all_records(sim)}  # type: ignore[arg-type]
+    code, _, err = await cli("compact", "--out", str(out))
+    assert code == 0, err
+    assert_lake_equals(out, all_records(sim))
+    assert len(list(out.rglob("*.parquet"))) == 3 and not list(out.rglob("cdr-*"))
