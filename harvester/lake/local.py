@@ -66,12 +66,7 @@ class LocalStore:
         view = memoryview(data)
         size = len(view)
         with _or_cannot_write(tmp, final):
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-            try:
-                fd = os.open(tmp, flags, 0o644)
-            except FileNotFoundError:  # the day's directory, made on its first file
-                final.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(tmp, flags, 0o644)
+            fd = _create(tmp)
             try:
                 while view:
                     view = view[os.write(fd, view) :]
@@ -85,7 +80,7 @@ class LocalStore:
         """A Parquet file written a row group at a time, that appears whole on ``publish``."""
         final, tmp = _tmp(self.path(key))
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            os.close(_create(tmp))  # the file exists now: its directory cannot be pruned
             sink = pa.BufferedOutputStream(pa.OSFile(str(tmp), "wb"), BUFFER)
             writer = pq.ParquetWriter(sink, schema, **options)
         except OSError as e:
@@ -141,14 +136,11 @@ class LocalStore:
         final, tmp = _tmp(self.path(key))
         try:
             with _or_cannot_write(tmp, final):
-                for attempt in range(3):  # another thread may remove the emptied directory
-                    final.parent.mkdir(parents=True, exist_ok=True)
-                    try:
-                        tmp.write_bytes(data)
-                        break
-                    except FileNotFoundError:
-                        if attempt == 2:
-                            raise
+                fd = _create(tmp)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
                 try:
                     os.link(tmp, final)
                 except FileExistsError:
@@ -194,6 +186,18 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _create(tmp: Path) -> int:
+    """Create (or truncate) a temporary file for writing, making its directory: on its
+    first file, or when a clean-up removed it as empty in between (see ``delete``)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    for _ in range(4):
+        try:
+            return os.open(tmp, flags, 0o644)
+        except FileNotFoundError:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(tmp, flags, 0o644)
 
 
 def _tmp(final: Path) -> tuple[Path, Path]:
