@@ -4,6 +4,7 @@ is the cheapest exact read, and rewrites (a late CDR) a reader never sees half o
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,16 @@ import pytest
 
 from harvester.sim import SimConfig
 from tests.conftest import (
+    PAST,
     all_records,
     assert_lake_equals,
+    cli,
     committed_keys,
     dataset,
     day_blocks,
     run_harvest,
+    sim_args,
+    sim_env,
 )
 
 
@@ -150,3 +155,24 @@ async def test_a_late_cdr_rewrites_its_day_and_a_reader_never_sees_half_of_it(
     # Never a duplicate, never fewer rows than the lake held before the rewrite.
     assert all(n == distinct and n in (before, before + 1) for n, distinct in poller.seen), set(poller.seen)
     assert _files_per_day(out) == {f"date={d}": 1 for d in sim.data.day_list}
+
+
+@pytest.mark.parametrize("point", ["after-commit:2", "after-day-file:1"])
+async def test_a_feed_harvest_killed_mid_run_resumes_without_fetching_committed_days(
+    start_sim, tmp_path: Path, point: str
+) -> None:
+    sim = await start_sim(_partner(customers=150, days=5, calls=6, end_date=PAST))
+    out = tmp_path / "lake"
+    args = sim_args(sim, out, "--fetch", "auto", "--concurrency", "2")
+    code, _, _ = await cli(*args, env=sim_env(sim, VOBIZ_HARVEST_CRASH=point))
+    assert code == -signal.SIGKILL
+    committed = committed_keys(out)
+    assert 1 <= len(committed) < 5 and all(k.endswith("/global") for k in committed), committed
+    before = dict(sim.shard_requests)
+    code, _, err = await cli(*args, env=sim_env(sim))
+    assert code == 0, err
+    assert_lake_equals(out, all_records(sim))
+    assert _files_per_day(out) == {f"date={d}": 1 for d in sim.data.day_list}
+    for key in committed:  # a committed day is not fetched again
+        day = key.split("/")[0]
+        assert sim.shard_requests[("global", day)] == before[("global", day)], key

@@ -63,14 +63,46 @@ def test_plan_modes_from_the_manifest() -> None:
         (dt.date(2026, 3, 5), "C"): RECHECK,
     }
     gone = {**prior, f"{D}/A": {**prior[f"{D}/A"], "file_missing": True}}
-    assert plan(_cfg(), ["A"], gone)[0].mode == HARVEST  # committed, but its file is gone
-    refresh = plan(_cfg(refresh=True), ["A", "B"], prior)
+    assert next(plan(_cfg(), ["A"], gone)).mode == HARVEST  # committed, but its file is gone
+    refresh = list(plan(_cfg(refresh=True), ["A", "B"], prior))
     assert {p.mode for p in refresh} == {HARVEST} and len(refresh) == 2
 
 
 def test_plan_is_newest_day_first_and_global_is_one_shard_a_day() -> None:
-    got = plan(_cfg(start_date=D - dt.timedelta(days=2), scope="global"), [None], {})
+    got = list(plan(_cfg(start_date=D - dt.timedelta(days=2), scope="global"), [None], {}))
     assert [p.shard for p in got] == [Shard(D - dt.timedelta(days=n), "global", None) for n in range(3)]
+
+
+def test_plan_reads_new_days_through_the_feed_and_keeps_how_a_day_was_read() -> None:
+    d1, d2, d3 = D, D - dt.timedelta(days=1), D - dt.timedelta(days=2)
+    prior = {
+        f"{d2}/global": {"verified": True, "scope": "global", "date": str(d2)},  # read via the feed
+        f"{d3}/A": {"verified": True, "scope": "partner", "date": str(d3), "account": "A"},  # half-way
+    }
+    got = [
+        (p.shard.day, p.shard.who, p.mode) for p in plan(_cfg(start_date=d3), ["A", "B"], prior, feed=True)
+    ]
+    assert got == [
+        (d1, "global", HARVEST),  # a new day: one feed shard, not one per customer
+        (d2, "global", SKIP),
+        (d3, "B", HARVEST),  # a day begun customer by customer goes on so: A is not fetched again
+        (d3, "A", SKIP),
+    ]
+    # Split over workers, the parts are disjoint and together the whole plan.
+    parts = [
+        list(plan(_cfg(start_date=d3, partition=(i, 3)), ["A", "B"], prior, feed=True)) for i in range(3)
+    ]
+    assert sorted((p.shard.day, p.shard.who) for part in parts for p in part) == sorted(
+        (d, w) for d, w, _ in got
+    )
+
+
+def test_the_plan_is_a_stream_a_day_at_a_time() -> None:
+    accounts = [f"MA_{i}" for i in range(100)]
+    stream = plan(_cfg(start_date=D - dt.timedelta(days=99)), accounts, {})
+    first = [next(stream) for _ in range(100)]
+    assert {p.shard.day for p in first} == {D}  # a day's shards, before the next day is built
+    assert sum(1 for _ in stream) == 99 * 100
 
 
 # -- pacing --------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class Progress:
         self._last = (now, counts.fetched, c.requests)
         pacer = self.h.client.pacer
         return {
-            "done": len(s.results),
+            "done": s.done,
             "total": s.shards_planned,
             "pages": counts.pages,
             "records": self._last[1],

@@ -11,8 +11,10 @@ other error ends the run.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +53,9 @@ class RunStats:
     shards_planned: int = 0
     records: int = 0  # records committed to the lake
     bytes: int = 0
-    results: list[ShardResult] = field(default_factory=list)
+    done: int = 0  # shards ended
+    counts: Counter[str] = field(default_factory=Counter)  # by status, and by "action:…"
+    problems: list[ShardResult] = field(default_factory=list)  # the failed and unverified
     accounts: int = 0
     rejected: dict[str, str] = field(default_factory=dict)  # listed ids that cannot be harvested
     stopped: str | None = None
@@ -60,12 +64,14 @@ class RunStats:
     days_folded: int = 0  # day files rewritten
     fold_failed: dict[str, str] = field(default_factory=dict)  # day → why its file was not rewritten
 
-    def count(self) -> Counter[str]:
-        c: Counter[str] = Counter()
-        for r in self.results:
-            c[r.status] += 1
-            c[f"action:{r.action}"] += 1
-        return c
+    def add(self, r: ShardResult) -> None:
+        """Count a shard's end; keep it only when it failed or is unverified (memory follows
+        the problems, not the plan)."""
+        self.done += 1
+        self.counts[r.status] += 1
+        self.counts[f"action:{r.action}"] += 1
+        if r.status in ("failed", "unverified"):
+            self.problems.append(r)
 
 
 class Harvester:
@@ -77,7 +83,9 @@ class Harvester:
         self.cfg, self.client, self.lake = cfg, client, lake
         self.stats = RunStats()
         self._prior: dict[str, dict[str, Any]] = {}  # manifest records of the planned days
-        self._known: set[str] = set()  # the customers of the run's listing
+        self.known: set[str] = set()  # the customers of the run's listing
+        self._accounts: list[str | None] = []
+        self._feed = False  # partner days read through the partner feed
         self._left: Counter[dt.date] = Counter()  # shards of each day not yet done
         self._unfolded: set[dt.date] = set()  # days with committed shards not in their file
         self._failed: dict[dt.date, dict[str, str]] = {}
@@ -108,32 +116,37 @@ class Harvester:
                 )
         return list(dict.fromkeys(self.cfg.customers))
 
-    async def plan(self) -> list[Planned]:
-        """Accounts, how to read them (the partner feed or one customer at a time), then
-        every shard with its mode (from the manifest as it is now)."""
-        accounts = await self.accounts()
-        self._known = {a for a in accounts if a}
-        self.stats.accounts = len(self._known)
+    async def prepare(self) -> None:
+        """Accounts, the planned days' manifest, and how to read them (the partner feed or
+        one customer at a time): what :meth:`planned` needs."""
+        self._accounts = await self.accounts()
+        self.known = {a for a in self._accounts if a}
+        self.stats.accounts = len(self.known)
         records = self.lake.manifest(manifest_days(self.cfg))
         self._prior = {str(rec.get("shard")): rec for rec in records}
-        use_feed = False
-        if feed.wanted(self.cfg) and self._known:
+        if feed.wanted(self.cfg) and self.known:
             fact = self.lake.identity.server_fact("feed")
-            use_feed, why = await feed.choose(self.cfg, self.fetcher.pages, self._known, self._prior, fact)
+            self._feed, why = await feed.choose(self.cfg, self.fetcher.pages, self.known, self._prior, fact)
             if why:
                 log.warning("reading customers one at a time: the partner feed cannot be used (%s)", why)
                 self.stats.fetch_note = why
-        planned = plan(self.cfg, accounts, self._prior, feed=use_feed)
-        if self.cfg.scope == "partner":
-            feed_days = any(p.shard.scope == "global" for p in planned)
-            self.stats.fetch = "global" if feed_days else "per-customer"
-        return planned
 
-    async def learn_window(self, planned: list[Planned], record: bool) -> None:
+    def planned(self, use_feed: bool | None = None) -> Iterator[Planned]:
+        """Every shard with its mode, a day at a time (see :func:`harvester.harvest.plan.plan`);
+        ``use_feed`` overrides how :meth:`prepare` chose to read partner days."""
+        return plan(self.cfg, self._accounts, self._prior, feed=self._feed if use_feed is None else use_feed)
+
+    async def learn_window(self, record: bool) -> None:
         """Set how ``end_date`` is read (see :mod:`harvester.harvest.window`)."""
         today = self.cfg.today
-        candidates = [p.shard for p in planned if p.mode != SKIP and p.shard.day < today]
-        candidates.sort(key=lambda s: s.day + dt.timedelta(days=1) >= today)  # two closed days first
+        older: list[Shard] = []  # closed before yesterday: their totals are settled
+        recent: list[Shard] = []
+        for p in self.planned():
+            if p.mode != SKIP and p.shard.day < today:
+                (older if p.shard.day + dt.timedelta(days=1) < today else recent).append(p.shard)
+                if len(older) >= 4:
+                    break
+        candidates = (older + recent)[:4]
         known = self.lake.identity.server_fact("end_date")
         reading, new = await window.learn(
             known if known in (window.INCLUSIVE, window.EXCLUSIVE) else None,
@@ -145,20 +158,30 @@ class Harvester:
             self.lake.identity.record_server_fact("end_date", reading)
 
     async def run(self) -> RunStats:
-        planned = await self.plan()
-        self.stats.shards_planned = len(planned)
-        await self.learn_window(planned, record=True)
-        todo = iter(planned)
-        for p in planned:
-            self._left[p.shard.day] += 1
+        await self.prepare()
+        self.stats.shards_planned = sum(1 for _ in self.planned())
+        await self.learn_window(record=True)
         self._unfolded = set(self.lake.staged_days())  # a stopped run's committed shards
+
+        def by_day() -> Iterator[Planned]:
+            """The plan, each day's shards counted before its first starts (see _fold)."""
+            for day, group in itertools.groupby(self.planned(), key=lambda p: p.shard.day):
+                shards = list(group)
+                self._left[day] += len(shards)
+                if any(p.shard.scope == "global" for p in shards) and self.cfg.scope == "partner":
+                    self.stats.fetch = "global"
+                yield from shards
+
+        todo = by_day()
+        if self.cfg.scope == "partner":
+            self.stats.fetch = "per-customer"
 
         async def lane() -> None:
             for p in todo:
                 await self._guarded(p)
 
         try:
-            await at_once(lane() for _ in range(min(len(planned), self.cfg.concurrency + 4)))
+            await at_once(lane() for _ in range(min(self.stats.shards_planned, self.cfg.concurrency + 4)))
             for day in sorted(self._unfolded - set(self._left)):  # days this run did not plan
                 await self._fold(day)
         finally:
@@ -171,7 +194,7 @@ class Harvester:
         except ShardError as e:
             log.warning("shard %s failed: %s", p.shard.key, e)
             result = ShardResult(p.shard, "failed", "harvested", detail=str(e))
-        self.stats.results.append(result)
+        self.stats.add(result)
         day = p.shard.day
         if result.status == "failed":
             self._failed.setdefault(day, {})[p.shard.who] = result.detail
@@ -217,7 +240,7 @@ class Harvester:
             log.info("shard %s changed since it was committed: re-harvesting", shard.key)
         fetched = await self.fetcher.fetch(shard)  # verified, not yet written
         if shard.scope == "global" and self.cfg.scope == "partner":
-            odd = feed.strangers(fetched.accounts, self._known)
+            odd = feed.strangers(fetched.accounts, self.known)
             if odd:  # records no customer owns: not committed, and the next run reads customers
                 if fetched.staged is not None:
                     await self.fetcher.off_loop(fetched.staged.discard)

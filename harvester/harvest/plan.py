@@ -10,7 +10,7 @@ function: no request, no I/O).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,37 +30,39 @@ class Planned:
 
 def plan(
     cfg: HarvestConfig,
-    accounts: Iterable[str | None],
+    accounts: Sequence[str | None],
     prior: Mapping[str, Mapping[str, Any]],
     feed: bool = False,
-) -> list[Planned]:
-    """Every shard of the run, newest day first, with its mode. ``prior`` maps a shard's key
-    to its manifest record (those of :func:`manifest_days`).
+) -> Iterator[Planned]:
+    """Every shard of the run with its mode, a day at a time, newest day first (a generator:
+    memory holds one day's shards, not the plan). ``prior`` maps a shard's key to its
+    manifest record (those of :func:`manifest_days`).
 
     With ``feed`` (partner scope, read through the partner feed), a day is one shard of the
     global feed, unless the day already holds customer shards and no feed shard (a run of
     customer shards stopped half-way goes on with them: nothing committed is fetched again)."""
-    span = list(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
-    accounts = list(accounts)
-    planned: dict[Shard, str] = {}
-    for day in sorted(span, reverse=True):
-        feed_shard = Shard(day, "global", None)
-        per_customer = shards_for(cfg.scope, accounts, [day])
-        if feed and (feed_shard.key in prior or not any(s.key in prior for s in per_customer)):
-            per_customer = [feed_shard]
-        for shard in per_customer:
-            planned[shard] = _mode(prior.get(shard.key), cfg.refresh, in_lookback=day < cfg.start_date)
+    span = set(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
     # A shard harvested while its day was open is never final: re-check it every run.
     scopes = {cfg.scope, "global"} if cfg.scope == "partner" else {cfg.scope}
+    reopen: dict[dt.date, list[Shard]] = {}
     for rec in prior.values():
         if rec.get("open_day") and rec.get("scope") in scopes and not cfg.refresh:
-            shard = Shard(dt.date.fromisoformat(str(rec["date"])), str(rec["scope"]), rec.get("account"))
-            planned.setdefault(shard, RECHECK)
-    if cfg.partition is not None:  # only this run's part of the plan
-        index, parts = cfg.partition
-        planned = {shard: mode for shard, mode in planned.items() if part_of(shard.key, parts) == index}
-    ordered = sorted(planned.items(), key=lambda kv: (kv[0].day, kv[0].who), reverse=True)
-    return [Planned(shard, mode) for shard, mode in ordered]
+            day = dt.date.fromisoformat(str(rec["date"]))
+            reopen.setdefault(day, []).append(Shard(day, str(rec["scope"]), rec.get("account")))
+    for day in sorted(span | set(reopen), reverse=True):
+        group: dict[Shard, str] = {}
+        if day in span:
+            feed_shard = Shard(day, "global", None)
+            shards = shards_for(cfg.scope, accounts, [day])
+            if feed and (feed_shard.key in prior or not any(s.key in prior for s in shards)):
+                shards = [feed_shard]
+            for shard in shards:
+                group[shard] = _mode(prior.get(shard.key), cfg.refresh, in_lookback=day < cfg.start_date)
+        for shard in reopen.get(day, []):
+            group.setdefault(shard, RECHECK)
+        for shard in sorted(group, key=lambda s: s.who, reverse=True):
+            if cfg.partition is None or part_of(shard.key, cfg.partition[1]) == cfg.partition[0]:
+                yield Planned(shard, group[shard])
 
 
 def _mode(rec: Mapping[str, Any] | None, refresh: bool, in_lookback: bool) -> str:

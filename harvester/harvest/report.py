@@ -13,12 +13,12 @@ from harvester.harvest.engine import Harvester, RunStats
 
 def exit_code(stats: RunStats, allow_unverified: bool) -> int:
     """0 when every shard is complete; 1 when any failed, is unverified, or the run stopped."""
-    c = stats.count()
+    c = stats.counts
     if stats.stopped or c["failed"] or stats.rejected or stats.fold_failed:
         return EXIT_INCOMPLETE
     if c["unverified"] and not allow_unverified:
         return EXIT_INCOMPLETE
-    if len(stats.results) < stats.shards_planned:
+    if stats.done < stats.shards_planned:
         return EXIT_INCOMPLETE
     return EXIT_OK
 
@@ -35,7 +35,7 @@ def build(
     """The run's facts, with stable keys (documented in the README)."""
     stats, counts = harvester.stats, harvester.fetcher.pages.counts
     elapsed = max(1e-9, time.monotonic() - started)
-    c = stats.count()
+    c = stats.counts
     glob = f"{cfg.out}/**/*.parquet"
     return {
         "status": "complete" if code == EXIT_OK else ("incomplete" if code == EXIT_INCOMPLETE else "error"),
@@ -73,9 +73,9 @@ def build(
         "rate": rate,
         "decode_workers": {"processes": cfg.workers, "pages": counts.worker_pages},
         "unverified": [
-            {"shard": r.shard.key, "detail": r.detail} for r in stats.results if r.status == "unverified"
+            {"shard": r.shard.key, "detail": r.detail} for r in stats.problems if r.status == "unverified"
         ],
-        "failed": [{"shard": r.shard.key, "detail": r.detail} for r in stats.results if r.status == "failed"]
+        "failed": [{"shard": r.shard.key, "detail": r.detail} for r in stats.problems if r.status == "failed"]
         + [
             {"shard": f"customer {who}", "detail": f"the listing's id {who} {why}: not harvested"}
             for who, why in stats.rejected.items()
