@@ -30,9 +30,9 @@ from tests.conftest import (
 
 def _partner(customers: int = 300, days: int = 3, calls: int = 4, **kw: Any) -> SimConfig:
     """Many small customers: lognormal volumes around ``calls`` a day (most make a handful)."""
-    return SimConfig(
-        dataset=dataset(customers=customers, days=days, calls_per_day=calls, volumes="lognormal"), **kw
-    )
+    more = {"end_date": kw.pop("end_date")} if "end_date" in kw else {}
+    ds = dataset(customers=customers, days=days, calls_per_day=calls, volumes="lognormal", **more)
+    return SimConfig(dataset=ds, **kw)
 
 
 def _files_per_day(out: Path) -> dict[str, int]:

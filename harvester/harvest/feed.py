@@ -41,19 +41,22 @@ async def choose(
     planned days' records, ``fact`` what the lake remembers of the feed."""
     if cfg.fetch == "global":
         return True, ""
-    span = days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date)
+    span = list(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
     held = {key.split("/")[0] for key in prior}
     if all(day.isoformat() in held for day in span):
         return True, ""  # no new day: each keeps the way it was read (see harvest.plan)
     if fact == UNATTRIBUTABLE:
         return False, "an earlier run found records of the feed that name no customer"
-    return await attributable(cfg, pages, known)
+    new = [day for day in span if day.isoformat() not in held]
+    return await attributable(cfg, pages, known, new)
 
 
-async def attributable(cfg: HarvestConfig, pages: PageSource, known: set[str]) -> tuple[bool, str]:
+async def attributable(
+    cfg: HarvestConfig, pages: PageSource, known: set[str], new: list[dt.date]
+) -> tuple[bool, str]:
     """(whether the feed's records name the listing's customers, why not). Reads page 1 of
-    the feed for the newest closed days of the run, until one has records."""
-    span = sorted(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date), reverse=True)
+    the feed for the newest closed ``new`` days (none committed yet), until one has records."""
+    span = sorted(new, reverse=True)
     closed = [d for d in span if d < cfg.today] or span
     for day in closed[:PROBE_DAYS]:
         page = await pages.page(Shard(day, "global", None), 1, cfg.per_page)
