@@ -53,7 +53,7 @@ class HarvestConfig:
     s3_region: str | None = None
     max_body_mb: int = 64  # an answer larger than this (decompressed) fails its shard
     partition: tuple[int, int] | None = None  # (I, N): run only part I of N of the plan
-    rate_store: str | None = None  # redis://HOST:PORT/DB: one --rate budget for every worker
+    rate_store: str | None = None  # redis://HOST:PORT/DB: one --rate (a number or auto) for every worker
     fetch: str = "auto"  # partner scope: auto | per-customer | global (the partner feed, a day at a time)
 
     @property
@@ -184,8 +184,8 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
             raise UsageError(
                 f"--rate-store {shown(cfg.rate_store)} is not a Redis URL: use redis://HOST:PORT/DB"
             )
-        if not isinstance(cfg.rate, float):
-            raise UsageError("--rate-store shares a fixed --rate between workers: give --rate a number")
+        if cfg.rate is None or cfg.rate == "unlimited":
+            raise UsageError("--rate-store shares a rate between workers: give --rate a number or 'auto'")
     if cfg.max_runtime is not None:
         check_range("--max-runtime", cfg.max_runtime, 0.1, 30 * 86400, "use seconds, more than 0")
     if cfg.fetch not in FETCH_MODES:

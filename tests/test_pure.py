@@ -114,23 +114,52 @@ class Clock:
         return self.t
 
 
-def test_auto_rate_grows_then_settles_under_the_refused_rate() -> None:
+def test_auto_rate_grows_then_settles_under_the_answered_rate() -> None:
     clock = Clock()
     rate = AutoRate(start=5.0, clock=clock)
-    for _ in range(8):  # 2 s of successes: slow start grows 1.5× a second
+    for _ in range(8):  # 2 s of successes: slow start doubles every second
         clock.t += 0.25
         rate.on_success()
-    assert rate.current == pytest.approx(5.0 * 1.5**2, rel=0.01)
-    refused = rate.current
+    assert rate.current == pytest.approx(5.0 * 2.0**2, rel=0.01)
+    for _ in range(16):  # the server answers 16 in the last second, whatever was asked
+        clock.t += 1 / 16
+        rate.on_success()
+    asked = rate.current
+    assert asked > 16
     rate.on_throttle(None)
-    # Down to 90% of the refused rate; the ceiling a little under the refused rate.
-    assert rate.ceiling == pytest.approx(0.97 * refused) and rate.current == pytest.approx(0.9 * refused)
+    # The ceiling is what was answered (16/s), a little under once refused at the target;
+    # the rate 90% of it.
+    answered = 17  # the 16, and the one at the window's edge
+    assert rate.current == pytest.approx(0.9 * answered)
+    assert 0.97 * answered <= rate.ceiling <= answered < asked  # type: ignore[operator]
     rate.on_throttle(None)  # the same burst (within 1 s): cut once
-    assert rate.current == pytest.approx(0.9 * refused)
+    assert rate.current == pytest.approx(0.9 * answered)
     for _ in range(400):  # 100 s without a 429: creeps back up, the ceiling is raised slowly
         clock.t += 0.25
         rate.on_success()
-    assert refused < rate.current < 2 * refused
+    assert answered < rate.current < 2 * answered
+
+
+async def test_a_cut_sends_waiting_requests_back_for_a_slot_at_the_new_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()  # time stands still: only the slots taken are looked at
+    rate = AutoRate(start=4.0, clock=clock)
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    await rate.acquire()  # slot 0; the next is 0.25 s later
+    waiting = asyncio.ensure_future(rate.acquire())
+    await real_sleep(0)
+    assert slept == [0.25]  # it waits for its slot at 4/s...
+    rate.on_throttle(2.0)  # ...when a 429 names 2/s: 1.9/s from now on
+    await waiting
+    assert slept == [0.25, pytest.approx(1 / 1.9)]  # a new slot: one interval at the new rate
 
 
 def test_auto_rate_takes_a_named_limit() -> None:

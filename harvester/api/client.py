@@ -329,13 +329,13 @@ class Client:
                 except DecodeError as e:
                     reason = f"undecodable body ({clean(e)})"
                 else:
-                    self.pacer.on_success()
+                    await self.pacer.after(throttled=False)
                     return result
             elif status == 429:
                 throttles += 1
                 self.stats.throttled += 1
                 doc = _json_or_none(body)  # decoded once for both hints
-                self.pacer.on_throttle(parse_limit_hint(doc))
+                await self.pacer.after(throttled=True, limit_hint=parse_limit_hint(doc))
                 asked = parse_retry_after(headers.get("Retry-After"), doc)
                 wait = throttle_wait(asked, throttles, self.policy)
                 if asked is not None and asked > MAX_WAIT and not self._clamped:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from aiolimiter import AsyncLimiter
 from redis.asyncio import from_url as redis_from_url
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from harvester.errors import Unreachable, clean
@@ -42,6 +44,14 @@ class Pacer:
     def on_throttle(self, limit_hint: float | None = None) -> None:
         return None
 
+    async def after(self, throttled: bool, limit_hint: float | None = None) -> None:
+        """What the client calls after each answer: a success, or a 429 (with the limit it
+        names, if any). A pacer whose state lives elsewhere (Redis) overrides this."""
+        if throttled:
+            self.on_throttle(limit_hint)
+        else:
+            self.on_success()
+
     def describe(self) -> str:
         return "unlimited"
 
@@ -64,19 +74,20 @@ class FixedRate(Pacer):
 class AutoRate(Pacer):
     """Adaptive rate: find the server's request limit and settle just under it.
 
-    * Slow start: +50% a second from a modest rate until the first 429.
+    * Slow start: from 10/s, doubling every second until the first 429.
     * A 429 sets the ceiling. If the answer names the limit (the documented error body carries
       ``details.limit``, e.g. ``{limitType, limit, current, retryAfter}``), that is the ceiling;
-      otherwise the rate that was refused is, and every later 429 can only lower it.
+      otherwise the rate that was answered over the last second is (what the server let
+      through, not what was asked), and every later 429 can only lower it.
     * After a 429 the rate drops to 90% of the ceiling (95% of a named limit) and climbs back
-      gently (5% a second) to that level, then holds there. Each 429 also costs a whole
-      ``Retry-After`` pause for every worker, so holding just under the limit beats probing it.
+      gently (5% a second) to that level, then holds there. Requests already waiting for a
+      slot take a new one at the new rate, so a cut is not followed by a burst at the old one.
     * After 30 s without a 429 the ceiling is raised 5%: a server may grant more later.
     """
 
     def __init__(
         self,
-        start: float = 5.0,
+        start: float = 10.0,
         floor: float = 0.5,
         cap: float = 2000.0,
         clock: Callable[[], float] = time.monotonic,
@@ -93,17 +104,24 @@ class AutoRate(Pacer):
         self.throttles = 0
         self._clock = clock
         self._next = 0.0
+        self._epoch = 0  # bumped by a cut: slots taken before it are taken again
+        self._answered: deque[float] = deque()  # when requests succeeded, over the last second
         self._last_grow = clock()
         self._last_cut = -1e9
         self._warned = False
 
     async def acquire(self) -> None:
-        # Virtual scheduling: each request takes the next free slot 1/rate after the last one.
-        now = self._clock()
-        slot = max(now, self._next)
-        self._next = slot + 1 / self.current
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        # Virtual scheduling: each request takes the next free slot 1/rate after the last one;
+        # a cut while it waits sends it back for a slot at the new rate.
+        while True:
+            now = self._clock()
+            epoch = self._epoch
+            slot = max(now, self._next)
+            self._next = slot + 1 / self.current
+            if slot > now:
+                await asyncio.sleep(slot - now)
+            if epoch == self._epoch:
+                return
 
     def _target(self) -> float:
         assert self.ceiling is not None
@@ -114,12 +132,15 @@ class AutoRate(Pacer):
 
     def on_success(self) -> None:
         now = self._clock()
+        self._answered.append(now)
+        while self._answered and self._answered[0] < now - 1.0:
+            self._answered.popleft()
         elapsed = now - self._last_grow
         if elapsed < 0.25:
             return
         self._last_grow = now
         if self.ceiling is None:
-            self._set(self.current * 1.5**elapsed)
+            self._set(self.current * 2.0**elapsed)
             return
         if now - self._last_cut > 30:
             self.ceiling *= 1.05  # quiet for 30 s: the server may allow more now
@@ -134,29 +155,37 @@ class AutoRate(Pacer):
             self.ceiling = limit_hint if not self.named else min(self.ceiling or limit_hint, limit_hint)
             self.named = True
         elif not self.named:
-            refused = self.current
+            refused = max(self._reference(now), self.floor)
             self.ceiling = refused if self.ceiling is None else min(self.ceiling, refused)
         if now - self._last_cut < 1.0:
             return  # the same burst of 429s from requests already in flight: cut once
         self._last_cut = now
         self._last_grow = now
         self._set(min(self.current, self._target()))
+        self._epoch += 1
+        self._next = now + 1 / self.current
         if self.ceiling is not None and not self.named and self.current >= self._target() * 0.999:
             self.ceiling *= 0.97  # refused again at the target itself: the limit is lower still
+
+    def _reference(self, now: float) -> float:
+        """The rate the server let through: answers over the last second, or the rate asked
+        when there is none yet (a burst the server's bucket absorbed is not its limit)."""
+        answered = sum(1 for t in self._answered if t >= now - 1.0)
+        return min(self.current, float(answered)) if answered else self.current
 
     def _plausible(self, hint: float) -> float:
         """A named limit held to what can be true: the rate just refused was at most a few
         times the real limit (slow start grows 1.5× a second), so a hint far below it (say
         ``limit: 1e-6``) is a broken or hostile answer, not a reason to crawl for an hour."""
-        low = max(self.floor, self.current / HINT_SPAN)
+        low = max(self.floor, self._reference(self._clock()) / HINT_SPAN)
         if hint >= low:
             return min(hint, self.cap)
         if not self._warned:
             self._warned = True
             log.warning(
-                "a 429 names a limit of %.3g requests/s, far below the %.1f/s just refused; using %.1f/s",
+                "a 429 names a limit of %.3g requests/s, far below the %.1f/s just answered; using %.1f/s",
                 hint,
-                self.current,
+                low * HINT_SPAN,
                 low,
             )
         return low
@@ -178,20 +207,17 @@ return tostring(slot - now)
 """
 
 
-class SharedRate(Pacer):
-    """At most ``rate`` requests per second for one credential across every worker that
-    shares the Redis at ``url`` (``redis://HOST:PORT/DB``). Redis unreachable, at the start or
-    later, is :class:`~harvester.errors.Unreachable`: the run stops (exit 4), never exceeds."""
+class RedisPacer(Pacer):
+    """A pacer whose state is kept in the Redis at ``url`` (``redis://HOST:PORT/DB``), one key
+    per credential. Redis unreachable, at the start or later, is
+    :class:`~harvester.errors.Unreachable`: the run stops (exit 4), never exceeds."""
 
-    def __init__(self, rate: float, url: str, credential: str) -> None:
+    def __init__(self, url: str, credential: str, kind: str) -> None:
         super().__init__()
-        self.rate = rate
         parts = urlsplit(url)
         self.where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"  # never a password
-        self._interval = 1 / rate
-        self._key = f"vobiz-harvester:rate:{credential}"
+        self._key = f"vobiz-harvester:{kind}:{credential}"
         self._redis = redis_from_url(url, socket_connect_timeout=5, socket_timeout=5)
-        self._take = self._redis.register_script(_TAKE_SLOT)
 
     async def check(self) -> None:
         """Reach Redis once (before any request to the API)."""
@@ -202,29 +228,146 @@ class SharedRate(Pacer):
                 f"cannot reach the rate store {self.where} ({clean(e)}): start it, or drop --rate-store"
             ) from None
 
-    async def acquire(self) -> None:
+    async def _run(self, script: AsyncScript, *args: float | str) -> list[str]:
         try:
-            wait = float(await self._take(keys=[self._key], args=[self._interval]))
+            answer = await script(keys=[self._key], args=list(args))
         except (RedisError, OSError) as e:
             raise Unreachable(
                 f"lost the rate store {self.where} ({clean(e)}): committed shards are kept; "
                 "re-run when it is back"
             ) from None
-        if wait > 0:
-            await asyncio.sleep(wait)
+        answers = answer if isinstance(answer, list) else [answer]
+        return [a.decode() if isinstance(a, bytes) else str(a) for a in answers]
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class SharedRate(RedisPacer):
+    """At most ``rate`` requests per second for one credential across every worker that
+    shares the Redis."""
+
+    def __init__(self, rate: float, url: str, credential: str) -> None:
+        super().__init__(url, credential, "rate")
+        self.rate = rate
+        self._interval = 1 / rate
+        self._take = self._redis.register_script(_TAKE_SLOT)
+
+    async def acquire(self) -> None:
+        wait = float((await self._run(self._take, self._interval))[0])
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     def describe(self) -> str:
         return f"{self.rate:g}/s shared"
 
 
-def make_pacer(rate: float | str | None, learned: float | None = None) -> Pacer:
+# AutoRate's rules for every worker of a credential at once: one rate, one ceiling, one
+# schedule of slots in a Redis hash, changed only by this script (atomic), on Redis's clock.
+# ARGV: op (slot | grow | cut | epoch), start rate, named limit (0: none).
+_AUTO = """
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local op, start, hint = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local h = {}
+local raw = redis.call('HGETALL', key)
+for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+local rate = tonumber(h.rate or start)
+local ceiling = tonumber(h.ceiling or '0')
+local named = h.named == '1'
+local nxt = tonumber(h.next or '0')
+local epoch = tonumber(h.epoch or '0')
+local grown = tonumber(h.grown or tostring(now))
+local cut = tonumber(h.cut or '-1000000000')
+local wait = 0
+local function target() if named then return ceiling * 0.95 end return ceiling * 0.9 end
+if op == 'slot' then
+  local slot = math.max(now, nxt)
+  nxt = slot + 1 / rate
+  wait = slot - now
+elseif op == 'grow' and now - grown >= 0.25 then
+  local elapsed = now - grown
+  grown = now
+  if ceiling == 0 then
+    rate = rate * 2 ^ elapsed
+  else
+    if now - cut > 30 then ceiling = ceiling * 1.05; cut = now - 15 end
+    rate = math.min(target(), rate * 1.05 ^ elapsed)
+  end
+elseif op == 'cut' then
+  if hint > 0 then
+    if named then ceiling = math.min(ceiling, hint) else ceiling = hint end
+    named = true
+  elseif not named then
+    if ceiling == 0 then ceiling = rate else ceiling = math.min(ceiling, rate) end
+  end
+  if now - cut >= 1.0 then
+    cut = now; grown = now
+    rate = math.min(rate, target())
+    epoch = epoch + 1
+    nxt = now + 1 / math.max(rate, 0.5)
+    if not named and rate >= target() * 0.999 then ceiling = ceiling * 0.97 end
+  end
+end
+rate = math.max(0.5, math.min(2000, rate))
+redis.call('HSET', key, 'rate', tostring(rate), 'ceiling', tostring(ceiling), 'named', named and '1' or '0',
+  'next', tostring(nxt), 'epoch', tostring(epoch), 'grown', tostring(grown), 'cut', tostring(cut))
+redis.call('EXPIRE', key, 604800)
+return {tostring(wait), tostring(epoch), tostring(rate), tostring(ceiling)}
+"""
+
+
+class SharedAutoRate(RedisPacer):
+    """``--rate auto`` for every worker of a credential that shares the Redis: the rules of
+    :class:`AutoRate`, with one state in Redis. Workers pace at one shared rate, grow it
+    together, and a 429 seen by any of them cuts it for all. What was learnt stays in Redis
+    for a week, so the next run of any worker starts just under it."""
+
+    def __init__(self, url: str, credential: str, learned: float | None = None) -> None:
+        super().__init__(url, credential, "auto")
+        self._start = 0.9 * learned if learned else 10.0
+        self._script = self._redis.register_script(_AUTO)
+        self.ceiling: float | None = None
+        self.current = self._start
+        self.throttles = 0
+        self._grown = 0.0
+
+    async def _op(self, op: str, hint: float = 0.0) -> tuple[float, int]:
+        wait, epoch, rate, ceiling = await self._run(self._script, op, self._start, hint)
+        self.current = self.rate = float(rate)
+        self.ceiling = float(ceiling) or None
+        return float(wait), int(epoch)
+
+    async def acquire(self) -> None:
+        while True:  # a cut by any worker while this one waits: take a slot at the new rate
+            wait, epoch = await self._op("slot")
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
+            if (await self._op("epoch"))[1] == epoch:
+                return
+
+    async def after(self, throttled: bool, limit_hint: float | None = None) -> None:
+        if throttled:
+            self.throttles += 1
+            await self._op("cut", limit_hint or 0.0)
+        elif time.monotonic() - self._grown >= 0.25:  # growth is decided four times a second
+            self._grown = time.monotonic()
+            await self._op("grow")
+
+    def describe(self) -> str:
+        return f"auto shared (at {self.current:.1f}/s)"
+
+
+def make_pacer(
+    rate: float | str | None, learned: float | None = None, store: str | None = None, credential: str = ""
+) -> Pacer:
     """``None``/``'unlimited'`` → no limit, ``'auto'`` → adaptive (starting under ``learned``,
-    a limit an earlier run found, when there is one), a number → fixed."""
+    a limit an earlier run found, when there is one), a number → fixed; with ``store`` (a
+    Redis URL) the budget is shared by every worker of the credential."""
     if rate is None or rate == "unlimited":
         return Pacer()
     if rate == "auto":
-        return AutoRate(learned=learned)
-    return FixedRate(float(rate))
+        return SharedAutoRate(store, credential, learned) if store else AutoRate(learned=learned)
+    return SharedRate(float(rate), store, credential) if store else FixedRate(float(rate))

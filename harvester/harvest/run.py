@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harvester.api.client import Client, RetryPolicy
-from harvester.api.pacing import AutoRate, Pacer, SharedRate, make_pacer
+from harvester.api.pacing import AutoRate, Pacer, RedisPacer, SharedAutoRate, make_pacer
 from harvester.config import HarvestConfig
 from harvester.errors import HarvestError
 from harvester.harvest import loop, report
@@ -27,10 +27,7 @@ log = logging.getLogger("harvester.harvest.run")
 def client_for(cfg: HarvestConfig, learned_rate: float | None = None) -> Client:
     """The API client a run with these settings uses (not yet opened); ``--rate auto`` starts
     under ``learned_rate`` when an earlier run into the lake found the server's limit."""
-    if cfg.rate_store is not None and isinstance(cfg.rate, float):
-        pacer: Pacer = SharedRate(cfg.rate, cfg.rate_store, cfg.auth_id)
-    else:
-        pacer = make_pacer(cfg.rate, learned_rate)
+    pacer = make_pacer(cfg.rate, learned_rate, cfg.rate_store, cfg.auth_id)
     return Client(
         cfg.base_url,
         cfg.auth_id,
@@ -109,7 +106,7 @@ async def _harvest(
     )
     try:
         async with client:
-            if isinstance(pacer, SharedRate):
+            if isinstance(pacer, RedisPacer):
                 await pacer.check()  # before any request to the API
             lake.open(cfg.identity, cfg.partition)
             reporter = progress(harvester) if progress else None
@@ -132,7 +129,7 @@ async def _harvest(
     finally:
         if deadline:
             deadline.cancel()
-        if isinstance(pacer, SharedRate):
+        if isinstance(pacer, RedisPacer):
             await pacer.close()
         for sig in handled:
             loop.remove_signal_handler(sig)
@@ -156,7 +153,6 @@ def _learned_rate(lake: Lake) -> float | None:
 def _keep_learned_rate(lake: Lake, pacer: Pacer) -> None:
     """Keep the limit ``--rate auto`` found in the lake (never in a lake this run did not
     commit anything to), so the next run starts there."""
-    learned = isinstance(pacer, AutoRate) and pacer.ceiling is not None
-    if learned and lake.lock.held and lake.identity.pending is None:
-        assert isinstance(pacer, AutoRate) and pacer.ceiling is not None
-        lake.identity.record_server_fact("rate_limit", round(pacer.ceiling, 3))
+    ceiling = pacer.ceiling if isinstance(pacer, (AutoRate, SharedAutoRate)) else None
+    if ceiling is not None and lake.lock.held and lake.identity.pending is None:
+        lake.identity.record_server_fact("rate_limit", round(ceiling, 3))
