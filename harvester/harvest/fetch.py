@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -82,6 +82,10 @@ class Fetcher:
         self.cfg, self.lake, self.pool, self.io = cfg, lake, pool, io
         self.pages = PageSource(cfg, client, pool)
         self._streams = asyncio.Semaphore(2)  # shards streaming to their files at once
+        # Rows of closed-day shards held in memory at once: two streams' worth. A day of the
+        # partner feed holds many customers' rows, and lanes would otherwise hold several.
+        self._held_rows = 0
+        self._room = asyncio.Condition()
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """Blocking shard work (assembly, files, object stores) on the I/O threads."""
@@ -123,15 +127,31 @@ class Fetcher:
         if first.total > self.cfg.stream_rows:  # too large to hold: written as it arrives
             async with self._streams:
                 return await self._stream(shard, first, problems)
-        if body is not None and first.pages > 1 and first.total <= ENCODED_ROWS:
-            encoded = await self._encoded(shard, first, body, problems)
-            if encoded is not None:
-                return encoded
-        got = Collector()
-        got.add(first)
-        _note(problems, contradiction(first, first, 1))
-        await self._pages_into(got, shard, range(2, first.pages + 1), first, problems)
-        return await self._verified(got, shard, first, problems)
+        async with self._holding(first.total):
+            if body is not None and first.pages > 1 and first.total <= ENCODED_ROWS:
+                encoded = await self._encoded(shard, first, body, problems)
+                if encoded is not None:
+                    return encoded
+            got = Collector()
+            got.add(first)
+            _note(problems, contradiction(first, first, 1))
+            await self._pages_into(got, shard, range(2, first.pages + 1), first, problems)
+            return await self._verified(got, shard, first, problems)
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, rows: int) -> AsyncIterator[None]:
+        """Room for ``rows`` held in memory: at most ``2 × --stream-rows`` across shards
+        (one shard at a time may take it all)."""
+        budget = 2 * self.cfg.stream_rows
+        async with self._room:
+            await self._room.wait_for(lambda: self._held_rows == 0 or self._held_rows + rows <= budget)
+            self._held_rows += rows
+        try:
+            yield
+        finally:
+            async with self._room:
+                self._held_rows -= rows
+                self._room.notify_all()
 
     async def _encoded(self, shard: Shard, first: Page, body: bytes, problems: list[str]) -> Fetched | None:
         """A small closed day whose page bodies a decode worker turns into its file: the loop
