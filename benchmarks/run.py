@@ -101,6 +101,16 @@ SCENARIOS = {
         rate_limit=20,
         runs=1,
     ),
+    # The same with --rate auto shared in Redis: one learned limit, from nothing, for all.
+    "partitions-auto": Scenario(
+        "partitions-auto",
+        4,
+        10,
+        1000,
+        ["harvester@auto*1", "harvester@auto*2", "harvester@auto*4"],
+        rate_limit=20,
+        runs=1,
+    ),
 }
 
 

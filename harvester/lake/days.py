@@ -290,6 +290,6 @@ class _RowGroups:
                 self.flush()
 
     def flush(self) -> None:
-        if self.rows:
-            self.write(pa.concat_tables(self.held).combine_chunks())
+        if self.rows:  # one row group; its chunks are written as they are, not copied together
+            self.write(pa.concat_tables(self.held))
         self.held, self.rows = [], 0
