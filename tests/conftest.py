@@ -154,7 +154,7 @@ def day_blocks(path: Path) -> list[tuple[str, pa.Table]]:
     pf = pq.ParquetFile(path)
     table = pf.read()
     out, at = [], 0
-    for who, n in orjson.loads(pf.schema_arrow.metadata[b"vobiz.blocks"]):
+    for who, n in orjson.loads(pf.metadata.metadata[b"vobiz.blocks"]):
         out.append((who, table.slice(at, n)))
         at += n
     assert at == table.num_rows, "the block map covers the file"

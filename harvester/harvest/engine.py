@@ -27,6 +27,7 @@ from harvester.harvest import feed, window
 from harvester.harvest.fetch import Fetched, Fetcher, at_once
 from harvester.harvest.plan import RECHECK, SKIP, Planned, manifest_days, plan
 from harvester.harvest.pool import DecodePool
+from harvester.lake.days import block_label
 from harvester.lake.lake import Lake
 from harvester.records.shard import Shard
 
@@ -265,6 +266,7 @@ class Harvester:
         """On an I/O thread: the shard's file appears whole, then its manifest record commits
         it (the record is durable when this returns). Returns the file's bytes."""
         if fetched.staged is not None:
+            fetched.staged.label(block_label(shard.who, fetched.rows))
             nbytes = fetched.staged.publish()
         elif fetched.data is not None:
             nbytes = self.lake.write_file(shard, fetched.data)

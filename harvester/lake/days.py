@@ -123,7 +123,7 @@ def fold(store: Store, day: dt.date, failed: dict[str, str], cleared: set[str]) 
     # Customers fetched on their own replace their rows in a day fetched through the feed.
     if FEED in sources and len(sources) > 1:
         sources[FEED].drop_accounts = {w for w in sources if w != FEED}
-    blocks = _write_day(store, day, old, old_blocks, sources)
+    blocks = _take_whole(store, day, old, sources) or _write_day(store, day, old, old_blocks, sources)
     crash_point("after-day-file")
     shards = {} if feed_staged else dict(doc.get("shards") or {})
     shards = {w: r for w, r in shards.items() if w in sources or not r.get("rows")}
@@ -137,6 +137,32 @@ def fold(store: Store, day: dt.date, failed: dict[str, str], cleared: set[str]) 
         store.delete(staged_data(day, who))
         store.delete(staged_record(day, who))
     return True
+
+
+def _take_whole(
+    store: Store, day: dt.date, old: pq.ParquetFile | None, sources: dict[str, _Source]
+) -> list[tuple[str, int]]:
+    """A new day of one staged shard whose file is labelled as one block (a day of the
+    partner feed, usually): that file becomes the day's file by a rename (a server-side
+    copy on an object store), without being read and written again. [] when it does not
+    apply."""
+    if old is not None or len(sources) != 1:
+        return []
+    ((who, src),) = sources.items()
+    if src.staged is None or src.drop_accounts:
+        return []
+    pf = _open(store, src.staged)
+    if pf is None or _blocks_or_none(pf) != [(who, pf.metadata.num_rows)]:
+        return []
+    store.move(src.staged, day_file(day))
+    return [(who, pf.metadata.num_rows)]
+
+
+def _blocks_or_none(pf: pq.ParquetFile) -> list[tuple[str, int]] | None:
+    try:
+        return _blocks(pf)
+    except StorageError:
+        return None
 
 
 def write_day(store: Store, day: dt.date, files: dict[str, str], records: dict[str, dict[str, Any]]) -> None:
@@ -188,10 +214,16 @@ def _blocks(pf: pq.ParquetFile | None) -> list[tuple[str, int]]:
     """The day file's map of blocks; a file without one is one block per ``account_id``."""
     if pf is None:
         return []
-    meta = pf.schema_arrow.metadata or {}
+    meta = pf.metadata.metadata or {}
     if BLOCKS in meta:
         return [(str(w), int(n)) for w, n in orjson.loads(meta[BLOCKS])]
     raise StorageError("a day file without its map of shards: it was not written by this harvester")
+
+
+def block_label(who: str, rows: int) -> dict[bytes, bytes]:
+    """The footer metadata of a staged shard's file: one block, so that a day whose only
+    shard it is can take the file as it is (see :func:`fold`)."""
+    return {BLOCKS: orjson.dumps([[who, rows]])}
 
 
 def _write_day(

@@ -94,7 +94,8 @@ class Lake:
         """Stage a shard's file (its rows, or their encoding) so it appears whole; an empty
         shard has no file. Returns bytes."""
         if isinstance(data, pa.Table):
-            data = parquet_bytes(data) if data.num_rows else b""
+            labelled = data.replace_schema_metadata(days.block_label(shard.who, data.num_rows))
+            data = parquet_bytes(labelled) if data.num_rows else b""
         key = self.file_key(shard)
         if not len(data):
             self.store.delete(key)

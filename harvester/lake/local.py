@@ -105,6 +105,13 @@ class LocalStore:
 
         return StagedTable(writer, publish, discard, f"{final}")
 
+    def move(self, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst`` (which appears whole, replacing what was there), durably."""
+        final = self.path(dst)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _rename(self.path(src), final)
+        _fsync_dir(self.path(src).parent)
+
     def delete(self, key: str) -> None:
         """Remove ``key``, and its directories once empty (a day's staging area, the day
         locks): a folded lake holds no empty directories."""

@@ -129,6 +129,16 @@ class ObjectStore:
 
         return StagedTable(writer, publish, discard, f"{self.uri}/{key}")
 
+    def move(self, src: str, dst: str) -> None:
+        """Copy ``src`` to ``dst`` on the server (``dst`` appears whole when the copy
+        completes), then delete ``src``."""
+
+        def op() -> None:
+            self.fs.copy_file(self._full(src), self._full(dst))
+
+        _retry(self.uri, "copy within", op)
+        self.delete(src)
+
     def delete(self, key: str) -> None:
         def op() -> None:
             with contextlib.suppress(FileNotFoundError):
