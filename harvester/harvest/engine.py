@@ -16,7 +16,6 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from harvester.api.accounts import discover_accounts
@@ -27,52 +26,12 @@ from harvester.harvest import feed, window
 from harvester.harvest.fetch import Fetched, Fetcher, at_once
 from harvester.harvest.plan import RECHECK, SKIP, Planned, manifest_days, plan
 from harvester.harvest.pool import DecodePool
+from harvester.harvest.results import RunStats, ShardResult, manifest_record
 from harvester.lake.days import block_label
 from harvester.lake.lake import Lake
 from harvester.records.shard import Shard
 
 log = logging.getLogger("harvester.harvest.engine")
-
-
-@dataclass
-class ShardResult:
-    """How one shard ended."""
-
-    shard: Shard
-    status: str  # verified | unverified | failed | skipped | unchanged
-    action: str  # harvested | reharvested | rechecked | skipped
-    rows: int = 0
-    pages: int = 0
-    bytes: int = 0
-    detail: str = ""
-
-
-@dataclass
-class RunStats:
-    """What the report needs, filled in while the run goes (``fetch`` counts pages)."""
-
-    shards_planned: int = 0
-    records: int = 0  # records committed to the lake
-    bytes: int = 0
-    done: int = 0  # shards ended
-    counts: Counter[str] = field(default_factory=Counter)  # by status, and by "action:…"
-    problems: list[ShardResult] = field(default_factory=list)  # the failed and unverified
-    accounts: int = 0
-    rejected: dict[str, str] = field(default_factory=dict)  # listed ids that cannot be harvested
-    stopped: str | None = None
-    fetch: str = ""  # partner scope: "global" (the partner feed) or "per-customer"
-    fetch_note: str = ""  # why the feed was not used, when it was wanted
-    days_folded: int = 0  # day files rewritten
-    fold_failed: dict[str, str] = field(default_factory=dict)  # day → why its file was not rewritten
-
-    def add(self, r: ShardResult) -> None:
-        """Count a shard's end; keep it only when it failed or is unverified (memory follows
-        the problems, not the plan)."""
-        self.done += 1
-        self.counts[r.status] += 1
-        self.counts[f"action:{r.action}"] += 1
-        if r.status in ("failed", "unverified"):
-            self.problems.append(r)
 
 
 class Harvester:
@@ -273,27 +232,6 @@ class Harvester:
         else:
             assert fetched.table is not None
             nbytes = self.lake.write_file(shard, fetched.table)
-        self.lake.commit(shard, {**self._record(shard, fetched), "bytes": nbytes})
+        record = manifest_record(shard, fetched, self.lake.file_key(shard), self.cfg)
+        self.lake.commit(shard, {**record, "bytes": nbytes})
         return nbytes
-
-    def _record(self, shard: Shard, fetched: Fetched) -> dict[str, Any]:
-        """The shard's manifest record (the shape a lake's readers and re-runs rely on)."""
-        verdict = fetched.verdict
-        return {
-            "shard": shard.key,
-            "scope": shard.scope,
-            "account": shard.account,
-            "date": shard.day.isoformat(),
-            "file": self.lake.file_key(shard) if fetched.rows else None,
-            "rows": fetched.rows,
-            "pages": fetched.pages,
-            "attempts": fetched.attempts,
-            "api_total": fetched.first.total,
-            "api_summary": fetched.first.summary,
-            "sums": verdict.sums,
-            "verified": verdict.ok(self.cfg.strict_sums),
-            "sums_match": not verdict.sum_problems,
-            "problems": verdict.problems + verdict.sum_problems,
-            "open_day": shard.day >= self.cfg.today,
-            "harvested_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }

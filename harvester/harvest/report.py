@@ -8,7 +8,8 @@ from typing import Any
 from harvester.api.client import ClientStats
 from harvester.config import HarvestConfig
 from harvester.errors import EXIT_INCOMPLETE, EXIT_OK
-from harvester.harvest.engine import Harvester, RunStats
+from harvester.harvest.engine import Harvester
+from harvester.harvest.results import RunStats
 
 
 def exit_code(stats: RunStats, allow_unverified: bool) -> int:

@@ -57,7 +57,7 @@ class Compacted:
 def compact(store: Store) -> Compacted:
     """Convert the lake on ``store`` (see the module docstring). :class:`UsageError` for a
     lake of another format; :class:`LakeError` when a run holds it."""
-    where = store.describe()
+    where = store.where
     store.check_usable()
     ident = read_json(store, IDENTITY)
     if ident is None:

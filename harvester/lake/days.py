@@ -207,7 +207,7 @@ def _open(store: Store, key: str) -> pq.ParquetFile | None:
     try:
         return pq.ParquetFile(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as e:
-        raise StorageError(f"{store.describe()}/{key} is not a readable Parquet file: {short(e)}") from None
+        raise StorageError(f"{store.where}/{key} is not a readable Parquet file: {short(e)}") from None
 
 
 def _blocks(pf: pq.ParquetFile | None) -> list[tuple[str, int]]:
@@ -248,7 +248,7 @@ def _write_day(
         if src.staged is not None:
             pf = _open(store, src.staged)
             if pf is None:
-                raise StorageError(f"{store.describe()}/{src.staged} vanished while the day was folded")
+                raise StorageError(f"{store.where}/{src.staged} vanished while the day was folded")
             n, parts[who] = pf.metadata.num_rows, _groups(pf, 0, pf.metadata.num_rows)
         else:
             n, parts[who] = int(src.old_rows or 0), _groups(old, offsets[who], int(src.old_rows or 0))

@@ -30,7 +30,7 @@ class LakeIdentity:
 
     def check(self, identity: dict[str, Any]) -> None:
         """The lake holds ``identity``, or is new (then it will); else :class:`UsageError`."""
-        where = self.store.describe()
+        where = self.store.where
         want = {"format": FORMAT, **identity}
         have = read_json(self.store, KEY)
         if have is None:

@@ -53,7 +53,7 @@ class Lake:
 
     @property
     def where(self) -> str:
-        return self.store.describe()
+        return self.store.where
 
     def check_usable(self) -> None:
         """Fail early, naming ``--out``, if it cannot be a lake."""

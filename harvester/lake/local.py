@@ -25,9 +25,7 @@ class LocalStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-
-    def describe(self) -> str:
-        return str(self.root)
+        self.where = str(root)  # how messages name the lake
 
     def path(self, key: str) -> Path:
         return self.root / check_key(key)

@@ -45,7 +45,7 @@ class LakeLock:
                 time.sleep(0.05)
 
     def _take(self) -> None:
-        where = self.store.describe()
+        where = self.store.where
         me = _me()
         for _ in range(3):
             if self.store.create_exclusive(self.key, orjson.dumps(me)):

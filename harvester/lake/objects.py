@@ -37,6 +37,7 @@ class ObjectStore:
 
     def __init__(self, uri: str, endpoint_url: str | None = None, region: str | None = None) -> None:
         self.uri = uri.rstrip("/")
+        self.where = self.uri  # how messages name the lake
         parts = urlsplit(self.uri)
         self.scheme = parts.scheme
         self.bucket = parts.netloc
@@ -62,9 +63,6 @@ class ObjectStore:
                 self.fs, self.base = pafs.FileSystem.from_uri(self.uri)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as e:
             raise UsageError(f"--out {uri}: {short(e)}") from None
-
-    def describe(self) -> str:
-        return self.uri
 
     def _full(self, key: str) -> str:
         check_key(key)
