@@ -49,8 +49,10 @@ from harvester.records.verify import (
 log = logging.getLogger("harvester.harvest.fetch")
 T = TypeVar("T")
 # A closed day of at most this many records is encoded by a decode worker from its page
-# bodies, which the loop holds until the last arrives (~1.5 MB per 1,000 records).
-ENCODED_ROWS = 5_000
+# bodies, which the loop holds until the last arrives (~1.5 MB per 1,000 records; at most
+# two --stream-rows of rows are held across shards, see Fetcher._holding). A day of the
+# partner feed is this size: encoded beside the loop, not on its I/O threads.
+ENCODED_ROWS = 20_000
 
 
 @dataclass
@@ -166,7 +168,7 @@ class Fetcher:
         await self._lanes(range(2, first.pages + 1), one, problems)
         try:
             enc = await self.pool.encode(
-                [bodies[n] for n in sorted(bodies)], first.per_page, shard.scope == "global"
+                [bodies[n] for n in sorted(bodies)], first.per_page, shard.scope == "global", shard.who
             )
         except DecodeError as e:
             log.info("shard %s: %s; decoding its pages here", shard.key, e)

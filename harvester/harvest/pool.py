@@ -37,6 +37,7 @@ from typing import Any
 import pyarrow as pa
 
 from harvester.errors import DecodeError
+from harvester.lake.days import block_label
 from harvester.records.assemble import dedupe, order
 from harvester.records.decode import RAW, Collector, Page, Part, decode_page
 from harvester.records.encoding import parquet_bytes
@@ -77,7 +78,7 @@ class Encoded:
     accounts: frozenset[str | None]
 
 
-def _encode(bodies: list[bytes], per_page: int, by_account: bool) -> tuple[Any, ...]:
+def _encode(bodies: list[bytes], per_page: int, by_account: bool, who: str) -> tuple[Any, ...]:
     """In a worker: pages 1..N of a shard → ("ok", numbers of each page, rows, missing, sums,
     file bytes), or ("error", why)."""
     try:
@@ -88,7 +89,8 @@ def _encode(bodies: list[bytes], per_page: int, by_account: bool) -> tuple[Any, 
             got.add(page)
             numbers.append(_numbers(page))
         table = order(dedupe(got.table()), by_account)
-        data = parquet_bytes(table).to_pybytes() if table.num_rows else b""
+        labelled = table.replace_schema_metadata(block_label(who, table.num_rows))  # see lake.days
+        data = parquet_bytes(labelled).to_pybytes() if table.num_rows else b""
         facts = (table.num_rows, missing_uuids(table), table_sums(table), data, accounts_in(table))
         return "ok", numbers, *facts
     except Exception as e:  # any failure: the loop fetches and decodes the shard itself
@@ -190,14 +192,14 @@ class DecodePool:
         except (pa.ArrowException, KeyError, TypeError) as e:
             raise DecodeError(f"decode worker answer unreadable: {e}") from None
 
-    async def encode(self, bodies: list[bytes], per_page: int, by_account: bool) -> Encoded:
+    async def encode(self, bodies: list[bytes], per_page: int, by_account: bool, who: str) -> Encoded:
         """A small closed day's page bodies (page 1 first) encoded by a worker as its file;
         :class:`DecodeError` on any failure."""
         if self.broken:
             raise DecodeError("decode workers unavailable")
         loop = asyncio.get_running_loop()
         try:
-            answer = await loop.run_in_executor(self._executor, _encode, bodies, per_page, by_account)
+            answer = await loop.run_in_executor(self._executor, _encode, bodies, per_page, by_account, who)
         except (BrokenProcessPool, RuntimeError) as e:
             self.broken = True
             raise DecodeError(f"decode worker lost ({type(e).__name__})") from None
