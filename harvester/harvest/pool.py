@@ -92,6 +92,10 @@ def _encode(bodies: list[bytes], per_page: int, by_account: bool, who: str) -> t
         labelled = table.replace_schema_metadata(block_label(who, table.num_rows))  # see lake.days
         data = parquet_bytes(labelled).to_pybytes() if table.num_rows else b""
         facts = (table.num_rows, missing_uuids(table), table_sums(table), data, accounts_in(table))
+        del got, table, labelled
+        # A day of the partner feed is tens of MB decoded: give it back to the system now,
+        # not when the allocator next trims, or every worker keeps its largest day resident.
+        pa.default_memory_pool().release_unused()
         return "ok", numbers, *facts
     except Exception as e:  # any failure: the loop fetches and decodes the shard itself
         return ("error", str(e) or type(e).__name__)
