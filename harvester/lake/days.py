@@ -78,6 +78,7 @@ def read_day(store: Store, day: dt.date, data_keys: set[str], staged_keys: list[
             records[who] = {**rec, "file_missing": bool(rec.get("rows")) and day_file(day) not in data_keys}
     present = set(staged_keys)
     staged: set[str] = set()
+    in_file: dict[str, int] | None = None  # the day file's blocks, read only when needed
     for key in staged_keys:
         if not key.endswith(".json"):
             continue
@@ -86,6 +87,12 @@ def read_day(store: Store, day: dt.date, data_keys: set[str], staged_keys: list[
             continue
         who = key.rsplit("/", 1)[1].removesuffix(".json")
         gone = bool(rec.get("rows")) and not rec.get("in_day") and staged_data(day, who) not in present
+        if gone and day_file(day) in data_keys:
+            # A fold that renamed this shard's file into the day's was stopped before it
+            # recorded the day: the rows are in the day's file, whose map says so.
+            if in_file is None:
+                in_file = dict(_blocks_or_none(_open(store, day_file(day))) or [])
+            gone = in_file.get(who) != rec.get("rows")
         records[who] = {**rec, "file_missing": gone}
         staged.add(who)
     failed = doc.get("failed") if isinstance(doc.get("failed"), dict) else {}
@@ -158,7 +165,7 @@ def _take_whole(
     return [(who, pf.metadata.num_rows)]
 
 
-def _blocks_or_none(pf: pq.ParquetFile) -> list[tuple[str, int]] | None:
+def _blocks_or_none(pf: pq.ParquetFile | None) -> list[tuple[str, int]] | None:
     try:
         return _blocks(pf)
     except StorageError:
