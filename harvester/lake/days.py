@@ -58,34 +58,21 @@ def staged_record(day: dt.date, who: str) -> str:
     return f"_staging/date={day.isoformat()}/{who}.json"
 
 
-@dataclass
-class DayState:
-    """What the lake holds of a day: the manifest's records (the folded shards, pointing at
-    the day file) overlaid by the staged records (committed, not yet folded)."""
-
-    records: dict[str, dict[str, Any]]  # who → record (with "file_missing" where its rows are gone)
-    staged: set[str]  # whos with a staged record
-    failed: dict[str, str]  # whos whose last attempt failed, with why
-
-
-def read_day(store: Store, day: dt.date, data_keys: set[str], staged_keys: list[str]) -> DayState:
-    """A day's state from its manifest document and staged records. ``data_keys`` are the
-    day's data files present (``date=D/...``), ``staged_keys`` the day's staging listing."""
+def read_day(
+    store: Store, day: dt.date, data_keys: set[str], staged_keys: list[str]
+) -> dict[str, dict[str, Any]]:
+    """A day's committed records by ``who``: its manifest document's (the folded shards,
+    pointing at the day file) overlaid by the staged ones (committed, not yet folded), each
+    with ``"file_missing"`` where its rows are gone. ``data_keys`` are the day's data files
+    present (``date=D/...``), ``staged_keys`` the day's staging listing."""
     doc = read_json(store, day_doc(day)) or {}
     records: dict[str, dict[str, Any]] = {}
     for who, rec in (doc.get("shards") or {}).items():
         if isinstance(rec, dict):
             records[who] = {**rec, "file_missing": bool(rec.get("rows")) and day_file(day) not in data_keys}
     present = set(staged_keys)
-    staged: set[str] = set()
     in_file: dict[str, int] | None = None  # the day file's blocks, read only when needed
-    for key in staged_keys:
-        if not key.endswith(".json"):
-            continue
-        rec = read_json(store, key)
-        if rec is None:
-            continue
-        who = key.rsplit("/", 1)[1].removesuffix(".json")
+    for who, rec in _staged_records(store, staged_keys).items():
         gone = bool(rec.get("rows")) and not rec.get("in_day") and staged_data(day, who) not in present
         if gone and day_file(day) in data_keys:
             # A fold that renamed this shard's file into the day's was stopped before it
@@ -94,9 +81,16 @@ def read_day(store: Store, day: dt.date, data_keys: set[str], staged_keys: list[
                 in_file = dict(_blocks_or_none(_open(store, day_file(day))) or [])
             gone = in_file.get(who) != rec.get("rows")
         records[who] = {**rec, "file_missing": gone}
-        staged.add(who)
-    failed = doc.get("failed") if isinstance(doc.get("failed"), dict) else {}
-    return DayState(records, staged, {str(k): str(v) for k, v in (failed or {}).items()})
+    return records
+
+
+def _staged_records(store: Store, staged_keys: list[str]) -> dict[str, dict[str, Any]]:
+    """The staged records among a day's staging keys, by ``who`` (a torn one is absent)."""
+    found: dict[str, dict[str, Any]] = {}
+    for key in staged_keys:
+        if key.endswith(".json") and (rec := read_json(store, key)) is not None:
+            found[key.rsplit("/", 1)[1].removesuffix(".json")] = rec
+    return found
 
 
 def fold(store: Store, day: dt.date, failed: dict[str, str], cleared: set[str]) -> bool:
@@ -107,10 +101,7 @@ def fold(store: Store, day: dt.date, failed: dict[str, str], cleared: set[str]) 
     doc = read_json(store, day_doc(day)) or {}
     keys = store.keys(f"_staging/date={day.isoformat()}")
     present = set(keys)
-    staged: dict[str, dict[str, Any]] = {}
-    for key in keys:
-        if key.endswith(".json") and (rec := read_json(store, key)) is not None:
-            staged[key.rsplit("/", 1)[1].removesuffix(".json")] = rec
+    staged = _staged_records(store, keys)
     old_failed: dict[str, str] = doc["failed"] if isinstance(doc.get("failed"), dict) else {}
     new_failed = {w: d for w, d in {**old_failed, **failed}.items() if w not in staged and w not in cleared}
     if not staged and new_failed == old_failed:
@@ -218,7 +209,8 @@ def _open(store: Store, key: str) -> pq.ParquetFile | None:
 
 
 def _blocks(pf: pq.ParquetFile | None) -> list[tuple[str, int]]:
-    """The day file's map of blocks; a file without one is one block per ``account_id``."""
+    """The day file's map of blocks (none without a file); a file without a map was not
+    written by this harvester: :class:`StorageError`."""
     if pf is None:
         return []
     meta = pf.metadata.metadata or {}

@@ -119,7 +119,7 @@ class Lake:
 
     def committed(self, shard: Shard) -> dict[str, Any] | None:
         """A shard's committed record (folded into its day, or staged), or None."""
-        return self.day(shard.day).records.get(shard.who)
+        return self._day(shard.day).get(shard.who)
 
     def manifest(self, dates: Iterable[dt.date]) -> list[dict[str, Any]]:
         """The committed records of ``dates``: each day's manifest document overlaid by its
@@ -127,13 +127,9 @@ class Lake:
         expired by a lifecycle rule) comes back with ``"file_missing": True``. Three calls
         per day (the document, two listings) and one read per staged record: the cost follows
         the days asked, not the lake's age."""
-        found: list[dict[str, Any]] = []
-        for day in dates:
-            state = self.day(day)
-            found += state.records.values()
-        return found
+        return [rec for day in dates for rec in self._day(day).values()]
 
-    def day(self, day: dt.date) -> days.DayState:
+    def _day(self, day: dt.date) -> dict[str, dict[str, Any]]:
         data = set(self.store.keys(f"date={day.isoformat()}"))
         return days.read_day(self.store, day, data, self.store.keys(f"_staging/date={day.isoformat()}"))
 
