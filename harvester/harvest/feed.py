@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 
 from harvester.config import HarvestConfig
 from harvester.harvest.pages import PageSource
-from harvester.records.shard import Shard, days
+from harvester.harvest.plan import span_of
+from harvester.records.shard import Shard
 
 log = logging.getLogger("harvester.harvest.feed")
 PROBE_DAYS = 3  # closed days whose first feed page is read until one has records
@@ -41,13 +42,12 @@ async def choose(
     planned days' records, ``fact`` what the lake remembers of the feed."""
     if cfg.fetch == "global":
         return True, ""
-    span = list(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
     held = {key.split("/")[0] for key in prior}
-    if all(day.isoformat() in held for day in span):
+    new = [day for day in span_of(cfg) if day.isoformat() not in held]
+    if not new:
         return True, ""  # no new day: each keeps the way it was read (see harvest.plan)
     if fact == UNATTRIBUTABLE:
         return False, "an earlier run found records of the feed that name no customer"
-    new = [day for day in span if day.isoformat() not in held]
     return await attributable(cfg, pages, known, new)
 
 

@@ -28,6 +28,11 @@ class Planned:
     mode: str
 
 
+def span_of(cfg: HarvestConfig) -> list[dt.date]:
+    """The days a run covers: ``--start-date`` less ``--lookback`` days, to ``--end-date``."""
+    return list(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
+
+
 def plan(
     cfg: HarvestConfig,
     accounts: Sequence[str | None],
@@ -41,7 +46,7 @@ def plan(
     With ``feed`` (partner scope, read through the partner feed), a day is one shard of the
     global feed, unless the day already holds customer shards and no feed shard (a run of
     customer shards stopped half-way goes on with them: nothing committed is fetched again)."""
-    span = set(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
+    span = set(span_of(cfg))
     # A shard harvested while its day was open is never final: re-check it every run.
     scopes = {cfg.scope, "global"} if cfg.scope == "partner" else {cfg.scope}
     reopen: dict[dt.date, list[Shard]] = {}
@@ -80,6 +85,6 @@ def manifest_days(cfg: HarvestConfig) -> list[dt.date]:
     """The days whose manifest a run reads: the planned span, and the last week (where a
     shard committed while its day was still open waits to be re-checked). Never the whole
     lake: a nightly run costs the same over a lake of a year as over one of a week."""
-    span = set(days(cfg.start_date - dt.timedelta(days=cfg.lookback), cfg.end_date))
+    span = set(span_of(cfg))
     span |= set(days(cfg.today - dt.timedelta(days=OPEN_DAYS_BACK), cfg.today))
     return sorted(span)
