@@ -27,7 +27,6 @@ from harvester.harvest.fetch import Fetched, Fetcher, at_once
 from harvester.harvest.plan import RECHECK, SKIP, Planned, manifest_days, plan
 from harvester.harvest.pool import DecodePool
 from harvester.harvest.results import RunStats, ShardResult, manifest_record
-from harvester.lake.days import block_label
 from harvester.lake.lake import Lake
 from harvester.records.shard import Shard
 
@@ -224,14 +223,8 @@ class Harvester:
     def _publish(self, shard: Shard, fetched: Fetched) -> int:
         """On an I/O thread: the shard's file appears whole, then its manifest record commits
         it (the record is durable when this returns). Returns the file's bytes."""
-        if fetched.staged is not None:
-            fetched.staged.label(block_label(shard.who, fetched.rows))
-            nbytes = fetched.staged.publish()
-        elif fetched.data is not None:
-            nbytes = self.lake.write_file(shard, fetched.data)
-        else:
-            assert fetched.table is not None
-            nbytes = self.lake.write_file(shard, fetched.table)
+        rows = next(r for r in (fetched.staged, fetched.data, fetched.table) if r is not None)
+        nbytes = self.lake.write_file(shard, rows)
         record = manifest_record(shard, fetched, self.lake.file_key(shard), self.cfg)
         self.lake.commit(shard, {**record, "bytes": nbytes})
         return nbytes

@@ -90,9 +90,13 @@ class Lake:
         """Where a shard's rows are kept until its day is folded (see :mod:`lake.days`)."""
         return days.staged_data(shard.day, shard.who)
 
-    def write_file(self, shard: Shard, data: pa.Table | bytes | pa.Buffer) -> int:
-        """Stage a shard's file (its rows, or their encoding) so it appears whole; an empty
-        shard has no file. Returns bytes."""
+    def write_file(self, shard: Shard, data: pa.Table | bytes | pa.Buffer | StagedTable) -> int:
+        """Stage a shard's file so it appears whole: its rows, their encoding, or a file
+        written a row group at a time (:meth:`stage_shard`), each labelled with its one
+        block (see :func:`lake.days.fold`); an empty shard has no file. Returns bytes."""
+        if isinstance(data, StagedTable):
+            data.label(days.block_label(shard.who, data.rows))
+            return data.publish()
         if isinstance(data, pa.Table):
             labelled = data.replace_schema_metadata(days.block_label(shard.who, data.num_rows))
             data = parquet_bytes(labelled) if data.num_rows else b""

@@ -51,10 +51,12 @@ class StagedTable:
         self._publish = publish
         self._discard = discard
         self.where = where
+        self.rows = 0  # rows written so far
 
     def write(self, table: pa.Table) -> None:
         try:
             self._writer.write_table(table)
+            self.rows += table.num_rows
         except (OSError, pa.ArrowException) as e:
             raise StorageError(f"write {self.where}: {short(e)}") from None
 
