@@ -140,22 +140,28 @@ def test_auto_rate_grows_then_settles_under_the_answered_rate() -> None:
     assert answered < rate.current < 2 * answered
 
 
-async def test_a_cut_sends_waiting_requests_back_for_a_slot_at_the_new_rate(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = Clock()  # time stands still: only the slots taken are looked at
-    rate = AutoRate(start=4.0, clock=clock)
-    slept: list[float] = []
-    real_sleep = asyncio.sleep
+REAL_SLEEP = asyncio.sleep
+
+
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every ``asyncio.sleep`` asked from now on, none slept (each only yields once)."""
+    asked: list[float] = []
 
     async def fake_sleep(seconds: float) -> None:
-        slept.append(seconds)
-        await real_sleep(0)
+        asked.append(seconds)
+        await REAL_SLEEP(0)
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    return asked
+
+
+async def test_a_cut_sends_waiting_requests_back_for_a_slot_at_the_new_rate(slept: list[float]) -> None:
+    clock = Clock()  # time stands still: only the slots taken are looked at
+    rate = AutoRate(start=4.0, clock=clock)
     await rate.acquire()  # slot 0; the next is 0.25 s later
     waiting = asyncio.ensure_future(rate.acquire())
-    await real_sleep(0)
+    await REAL_SLEEP(0)
     assert slept == [0.25]  # it waits for its slot at 4/s...
     rate.on_throttle(2.0)  # ...when a 429 names 2/s: 1.9/s from now on
     await waiting
@@ -169,22 +175,11 @@ def test_auto_rate_takes_a_named_limit() -> None:
     assert rate.named and rate.ceiling == 20.0 and rate.current == pytest.approx(19.0)
 
 
-async def test_auto_rate_spaces_requests_by_its_rate() -> None:
+async def test_auto_rate_spaces_requests_by_its_rate(slept: list[float]) -> None:
     clock = Clock()
     rate = AutoRate(start=10.0, clock=clock)
-    slept: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def fake_sleep(seconds: float) -> None:
-        slept.append(seconds)
-        await real_sleep(0)
-
-    asyncio.sleep = fake_sleep  # type: ignore[assignment]
-    try:
-        for _ in range(3):
-            await rate.acquire()
-    finally:
-        asyncio.sleep = real_sleep  # type: ignore[assignment]
+    for _ in range(3):
+        await rate.acquire()
     assert slept == pytest.approx([0.1, 0.2])  # slots 0, 0.1, 0.2 s from a clock that stood still
 
 
