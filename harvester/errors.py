@@ -11,6 +11,7 @@ or permission refused; 4 any other fatal error (host unreachable, disk, lake loc
     ├── AuthError             (3)     401 / 403
     ├── Unreachable           (4)     DNS, refused, TLS: no request got an answer
     ├── LakeError             (4)     the output cannot be used (locked, unwritable, disk full)
+    │   └── LockHeld                  a live run holds the lake's (or a day's) lock
     ├── ListingError          (4)     the customer listing cannot be trusted (shape, bounds)
     ├── DecodeError                   a body that is not a page (not JSON, cut short): the
     │                                 request is retried; never seen outside the client
@@ -56,6 +57,10 @@ class Unreachable(HarvestError):
 
 class LakeError(HarvestError):
     """The output cannot be used (locked, another scope, not writable, disk full)."""
+
+
+class LockHeld(LakeError):
+    """A live run holds the lake's lock (or a day's): the one error worth waiting out."""
 
 
 class ListingError(HarvestError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _run_group(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``argv`` in a process group of its own; past ``timeout`` the whole group is killed (a
+    simulator started in the background must not keep the pipes open)."""
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group this call started, nothing else
+        out, err = proc.communicate()
+        err += f"\n(killed after {timeout} s)"
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def test_setup_demo_runs_as_written(tmp_path: Path) -> None:
     demo = next(ln for ln in _block("Set-up: two commands") if "vobiz-harvest demo" in ln)
     command = demo.split("&&", 1)[1].split("#", 1)[0].strip()  # the install is the suite's own
@@ -54,9 +71,7 @@ def test_quick_start_runs_as_written(tmp_path: Path) -> None:
     sim_at = next(i for i, ln in enumerate(lines) if ln.startswith("vobiz-harvest sim"))
     lines.insert(sim_at + 1, wait)
     script = "set -e\ntrap 'kill %1 2>/dev/null' EXIT\n" + "\n".join(lines) + "\n"
-    done = subprocess.run(
-        ["bash", "-c", script], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
-    )
+    done = _run_group(["bash", "-c", script], tmp_path, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "accounts" in done.stdout and "Dry run" in done.stdout
     assert "COMPLETE (exit 0)" in done.stderr

@@ -1,8 +1,15 @@
 """The lake's lock: one run writes a lake at a time.
 
-``<out>/_lock`` holds the running harvest's pid, host and a heartbeat. A lock whose process
-is gone (same host) or whose heartbeat is older than :data:`STALE_LOCK_SECONDS` (another
-host) is stale and taken over; a live one makes the run fail at once with one line.
+``<out>/_lock`` holds the running harvest's pid, host, a heartbeat and a token of its own. A
+lock whose process is gone (same host) or whose heartbeat is older than
+:data:`STALE_LOCK_SECONDS` (another host) is stale and taken over; a live one makes the run
+fail at once with one line (or, given ``wait``, is waited for).
+
+Only a lock held by a live run is waited for: a lock that cannot be written (disk full,
+read-only, the store refusing) fails at once. A lock holding this taker's own token is its
+own (a create retried after its first attempt landed). On an object store, which offers no
+create-if-absent here, a taker reads the lock back after writing it, and the one whose token
+is there holds it.
 """
 
 from __future__ import annotations
@@ -12,11 +19,12 @@ import datetime as dt
 import os
 import socket
 import time
+import uuid
 from typing import Any
 
 import orjson
 
-from harvester.errors import LakeError
+from harvester.errors import LockHeld
 from harvester.lake.store import Store, read_json
 
 STALE_LOCK_SECONDS = 600  # a lock not refreshed for this long (another host) is stale
@@ -31,28 +39,34 @@ class LakeLock:
         self.key = key  # _lock for a whole lake; _locks/part-I-of-N for one part of a plan
         self.held = False
         self._beat = 0.0
+        self._token = uuid.uuid4().hex  # tells this taker's lock from any other's
 
     def acquire(self, wait: float = 0.0) -> None:
-        """Take the lock, taking over a stale one; :class:`LakeError` when a live run holds
-        it for longer than ``wait`` seconds."""
+        """Take the lock, taking over a stale one; :class:`LockHeld` when a live run holds
+        it for longer than ``wait`` seconds, :class:`LakeError` at once when it cannot be
+        written."""
         deadline = time.monotonic() + wait
         while True:
             try:
                 return self._take()
-            except LakeError:
+            except LockHeld:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)
 
     def _take(self) -> None:
         where = self.store.where
-        me = _me()
+        me = self._me()
         for _ in range(3):
-            if self.store.create_exclusive(self.key, orjson.dumps(me)):
+            if self.store.create_exclusive(self.key, orjson.dumps(me)) and self._mine():
                 self.held = True
                 self._beat = time.time()
                 return
             holder = read_json(self.store, self.key) or {}
+            if holder.get("token") == self._token:  # an earlier attempt of ours landed
+                self.held = True
+                self._beat = time.time()
+                return
             pid, host = holder.get("pid"), holder.get("host")
             beat = holder.get("beat")
             dead_here = host == me["host"] and isinstance(pid, int) and not _pid_alive(pid)
@@ -60,17 +74,17 @@ class LakeLock:
             if not holder or dead_here or (host != me["host"] and silent):
                 self.store.delete(self.key)  # stale (or half-written) lock: take it over
                 continue
-            raise LakeError(
+            raise LockHeld(
                 f"lake {where} is locked by pid {pid} on {host} since "
                 f"{holder.get('since')}: wait for that run, or remove {where}/{self.key} if it is gone"
             )
-        raise LakeError(f"could not take the lock {where}/{self.key}")
+        raise LockHeld(f"could not take the lock {where}/{self.key}: other runs keep taking it")
 
     def heartbeat(self) -> None:
         """Refresh the lock (at most once a minute) so other hosts do not think it stale."""
         if self.held and not self.store.local and time.time() - self._beat > 60:
             self._beat = time.time()
-            self.store.write(self.key, orjson.dumps(_me()))
+            self.store.write(self.key, orjson.dumps(self._me()))
 
     def release(self) -> None:
         if self.held:
@@ -78,10 +92,17 @@ class LakeLock:
                 self.store.delete(self.key)
             self.held = False
 
+    def _me(self) -> dict[str, Any]:
+        since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        host = socket.gethostname()
+        return {"pid": os.getpid(), "host": host, "since": since, "beat": time.time(), "token": self._token}
 
-def _me() -> dict[str, Any]:
-    since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    return {"pid": os.getpid(), "host": socket.gethostname(), "since": since, "beat": time.time()}
+    def _mine(self) -> bool:
+        """Whether the lock now holds this taker's token: always on a local store (the
+        create is exclusive); on an object store, the last of racing writers wins."""
+        if self.store.local:
+            return True
+        return (read_json(self.store, self.key) or {}).get("token") == self._token
 
 
 def _pid_alive(pid: int) -> bool:
