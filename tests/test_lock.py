@@ -5,6 +5,8 @@ leave one holder."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -90,3 +92,38 @@ def test_of_two_racing_writers_on_an_object_store_only_the_last_holds_the_lock()
     assert not lock.held
     rival.acquire()  # the lock holds the rival's token: it is the rival's
     assert rival.held
+
+
+def test_threads_of_one_run_taking_one_days_lock_hold_it_one_at_a_time(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    holding: list[int] = []
+    most = 0
+    guard = threading.Lock()
+
+    errors: list[BaseException] = []
+
+    def take(n: int) -> None:
+        try:
+            hold(n)
+        except BaseException as e:  # the test asserts there were none
+            errors.append(e)
+
+    def hold(n: int) -> None:
+        nonlocal most
+        for _ in range(20):
+            lock = LakeLock(store, "_locks/date=2026-11-01")
+            lock.acquire(wait=60)
+            with guard:
+                holding.append(n)
+                most = max(most, len(holding))
+            time.sleep(0.001)  # hold it a while, as a fold does
+            with guard:
+                holding.remove(n)
+            lock.release()
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and most == 1 and not (tmp_path / "_locks" / "date=2026-11-01").exists()

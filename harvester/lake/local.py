@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,7 @@ class LocalStore:
         n = 0
         for pattern in ("date=*/.*.tmp", "_staging/date=*/.*.tmp", "_manifest/.*.tmp", ".*.tmp"):
             for p in self.root.glob(pattern):
-                final = p.with_name(p.name[1:].rsplit(".", 2)[0])  # .<name>.<pid>.tmp
+                final = p.with_name(p.name[1:].rsplit(".", 2)[0])  # .<name>.<pid>-<thread>.tmp
                 if mine(final.relative_to(self.root).as_posix()):
                     with contextlib.suppress(OSError):
                         p.unlink()
@@ -207,7 +208,8 @@ def _create(tmp: Path) -> int:
 
 def _tmp(final: Path) -> tuple[Path, Path]:
     """A file's final path and the hidden temporary name it is written under."""
-    return final, final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    # The thread too: two threads of one run may write one key (two takers of a day's lock).
+    return final, final.with_name(f".{final.name}.{os.getpid()}-{threading.get_ident()}.tmp")
 
 
 def _rename(tmp: Path, final: Path) -> None:
