@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import tracemalloc
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -103,6 +104,21 @@ def test_the_plan_is_a_stream_a_day_at_a_time() -> None:
     first = [next(stream) for _ in range(100)]
     assert {p.shard.day for p in first} == {D}  # a day's shards, before the next day is built
     assert sum(1 for _ in stream) == 99 * 100
+
+
+def test_planning_100_days_takes_no_more_memory_than_planning_one() -> None:
+    accounts = [f"MA_{i:08d}" for i in range(1000)]
+
+    def peak(n_days: int) -> int:
+        tracemalloc.start()
+        n = sum(1 for _ in plan(_cfg(start_date=D - dt.timedelta(days=n_days - 1)), accounts, {}))
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert n == 1000 * n_days
+        return top
+
+    one, hundred = peak(1), peak(100)
+    assert hundred <= 1.2 * one, (one, hundred)  # a day's shards at a time, never two days'
 
 
 # -- pacing --------------------------------------------------------------------------------------

@@ -55,19 +55,33 @@ def plan(
             day = dt.date.fromisoformat(str(rec["date"]))
             reopen.setdefault(day, []).append(Shard(day, str(rec["scope"]), rec.get("account")))
     for day in sorted(span | set(reopen), reverse=True):
-        group: dict[Shard, str] = {}
-        if day in span:
-            feed_shard = Shard(day, "global", None)
-            shards = shards_for(cfg.scope, accounts, [day])
-            if feed and (feed_shard.key in prior or not any(s.key in prior for s in shards)):
-                shards = [feed_shard]
-            for shard in shards:
-                group[shard] = _mode(prior.get(shard.key), cfg.refresh, in_lookback=day < cfg.start_date)
-        for shard in reopen.get(day, []):
-            group.setdefault(shard, RECHECK)
-        for shard in sorted(group, key=lambda s: s.who, reverse=True):
-            if cfg.partition is None or part_of(shard.key, cfg.partition[1]) == cfg.partition[0]:
-                yield Planned(shard, group[shard])
+        yield from _day(cfg, day, day in span, accounts, prior, feed, reopen.get(day, []))
+
+
+def _day(
+    cfg: HarvestConfig,
+    day: dt.date,
+    planned: bool,
+    accounts: Sequence[str | None],
+    prior: Mapping[str, Mapping[str, Any]],
+    feed: bool,
+    reopen: list[Shard],
+) -> Iterator[Planned]:
+    """One day's shards with their modes (see :func:`plan`): built when the day's turn comes,
+    and gone before the next day's are built."""
+    group: dict[Shard, str] = {}
+    if planned:
+        feed_shard = Shard(day, "global", None)
+        shards = shards_for(cfg.scope, accounts, [day])
+        if feed and (feed_shard.key in prior or not any(s.key in prior for s in shards)):
+            shards = [feed_shard]
+        for shard in shards:
+            group[shard] = _mode(prior.get(shard.key), cfg.refresh, in_lookback=day < cfg.start_date)
+    for shard in reopen:
+        group.setdefault(shard, RECHECK)
+    for shard in sorted(group, key=lambda s: s.who, reverse=True):
+        if cfg.partition is None or part_of(shard.key, cfg.partition[1]) == cfg.partition[0]:
+            yield Planned(shard, group[shard])
 
 
 def _mode(rec: Mapping[str, Any] | None, refresh: bool, in_lookback: bool) -> str:
