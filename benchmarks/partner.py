@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ import duckdb
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from benchmarks.run import END, ROOT, TOKEN, Scenario, Sim, _client
+from benchmarks.run import END, ROOT, S3, TOKEN, Scenario, Sim, _client
 from harvester.config import HarvestConfig
 from harvester.harvest.plan import plan
 from harvester.sim import Dataset
@@ -37,18 +38,23 @@ AGGREGATE = (
 )
 
 
-def _nightly(sim: Sim, out: Path) -> tuple[float, int]:
-    """The nightly command (yesterday, re-checking the two days before): seconds, requests."""
+def _nightly(sim: Sim, out: Path | str, s3: S3 | None = None) -> tuple[float, int, int]:
+    """The nightly command (yesterday, re-checking the two days before) into ``out`` (a
+    directory, or an ``s3://`` lake on ``s3``): seconds, API requests, object-store calls."""
     env = {"VOBIZ_AUTH_ID": "PA_SIMULATOR", "VOBIZ_AUTH_TOKEN": TOKEN}
     cmd = [sys.executable, "-m", "harvester", "harvest", "--base-url", sim.url, "--out", str(out)]
     cmd += ["--start-date", END.isoformat(), "--end-date", END.isoformat(), "--lookback", "2"]
     cmd += ["--rate", "unlimited", "--json", "--quiet"]
+    if s3 is not None:
+        cmd += ["--s3-endpoint-url", s3.url]
+    calls = s3.calls if s3 is not None else 0
     t0 = time.perf_counter()
     done = subprocess.run(
         cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env}, check=True
     )
+    seconds = time.perf_counter() - t0
     rep = json.loads(done.stdout.strip().splitlines()[-1])
-    return time.perf_counter() - t0, int(rep["requests"])
+    return seconds, int(rep["requests"]), (s3.calls - calls) if s3 is not None else 0
 
 
 def _best(sql: str) -> float:
@@ -105,8 +111,20 @@ def run(work: Path) -> dict[str, Any]:
         full = _client("harvester", sim, sc, work / "lake")
         three = Scenario("partner", CUSTOMERS, 3, CALLS, ["harvester"])
         _client("harvester", sim, three, work / "lake3")
+        for name in ("lake", "lake3"):
+            shutil.copytree(work / name, work / f"{name}-before-nightly")
         night30 = _nightly(sim, work / "lake")
         night3 = _nightly(sim, work / "lake3")
+        # The same two lakes on an object store (moto, counting the requests it answers),
+        # as they were before the local nightly runs above.
+        s3 = S3()
+        try:
+            s3.upload(work / "lake-before-nightly", "lake30")
+            s3.upload(work / "lake3-before-nightly", "lake3")
+            s3_night30 = _nightly(sim, "s3://bench/lake30", s3)
+            s3_night3 = _nightly(sim, "s3://bench/lake3", s3)
+        finally:
+            s3.stop()
     finally:
         sim.stop()
     lake = work / "lake"
@@ -143,6 +161,10 @@ def run(work: Path) -> dict[str, Any]:
         "nightly_30_day_lake_s": round(night30[0], 2),
         "nightly_3_day_lake_s": round(night3[0], 2),
         "nightly_requests_30_vs_3": [night30[1], night3[1]],
+        "nightly_s3_30_day_lake_s": round(s3_night30[0], 2),
+        "nightly_s3_3_day_lake_s": round(s3_night3[0], 2),
+        "nightly_s3_store_calls_30_vs_3": [s3_night30[2], s3_night3[2]],
+        "nightly_s3_requests_30_vs_3": [s3_night30[1], s3_night3[1]],
         "plan_peak_mb_1k_shards": round(small / 2**20, 2),
         "plan_peak_mb_100k_shards": round(large / 2**20, 2),
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -224,22 +225,41 @@ class Sim:
 
 
 class S3:
-    """A local S3 server (moto) for the object-store scenario, in this process's threads."""
+    """A local S3 server (moto) for the object-store scenarios, in this process's threads; it
+    counts the requests it answers (``calls``), as a bill would."""
 
     def __init__(self) -> None:
         import boto3
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
 
         os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.server.start()
-        host, port = self.server.get_host_and_port()
-        self.url = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=self.url, region_name="us-east-1").create_bucket(Bucket="bench")
+        self.calls = 0
+        moto = DomainDispatcherApplication(create_backend_app)
+
+        def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            self.calls += 1
+            return moto(environ, start_response)
+
+        self.server = make_server("127.0.0.1", 0, counted, True, request_handler=MotoRequestHandler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        host, port = self.server.server_address[:2]
+        self.url = f"http://{host!s}:{port}"
+        self.client = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1")
+        self.client.create_bucket(Bucket="bench")
+
+    def upload(self, lake: Path, prefix: str) -> None:
+        """Every file of the local lake ``lake`` to ``s3://bench/<prefix>/``."""
+        for f in sorted(p for p in lake.rglob("*") if p.is_file()):
+            self.client.upload_file(str(f), "bench", f"{prefix}/{f.relative_to(lake).as_posix()}")
 
     def stop(self) -> None:
-        self.server.stop()
+        self.server.shutdown()
 
 
 def _partitioned(kind: str, parts: int, sim: Sim, sc: Scenario, out: Path) -> dict[str, Any]:

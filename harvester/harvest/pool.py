@@ -84,15 +84,18 @@ def _encode(bodies: list[bytes], per_page: int, by_account: bool, who: str) -> t
     try:
         got = Collector()
         numbers = []
-        for n, body in enumerate(bodies, start=1):
-            page = decode_page(body, n, per_page)
+        bodies.reverse()  # each body is let go once decoded: a feed day's are tens of MB
+        while bodies:
+            page = decode_page(bodies.pop(), len(numbers) + 1, per_page)
             got.add(page)
             numbers.append(_numbers(page))
-        table = order(dedupe(got.table()), by_account)
+        table = got.table()
+        del got
+        table = order(dedupe(table), by_account)
         labelled = table.replace_schema_metadata(block_label(who, table.num_rows))  # see lake.days
         data = parquet_bytes(labelled).to_pybytes() if table.num_rows else b""
         facts = (table.num_rows, missing_uuids(table), table_sums(table), data, accounts_in(table))
-        del got, table, labelled
+        del table, labelled
         # A day of the partner feed is tens of MB decoded: give it back to the system now,
         # not when the allocator next trims, or every worker keeps its largest day resident.
         pa.default_memory_pool().release_unused()
