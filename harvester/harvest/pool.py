@@ -83,7 +83,7 @@ def _encode(bodies: list[bytes], per_page: int, by_account: bool, who: str) -> t
     file bytes), or ("error", why)."""
     try:
         got = Collector()
-        numbers = []
+        numbers: list[dict[str, Any]] = []
         bodies.reverse()  # each body is let go once decoded: a feed day's are tens of MB
         while bodies:
             page = decode_page(bodies.pop(), len(numbers) + 1, per_page)
