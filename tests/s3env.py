@@ -31,6 +31,7 @@ class FaultyS3Proxy:
         self.rng = random.Random(seed)
         self.fail_puts_matching: str | None = None
         self.stats: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()  # body bytes answered to GETs, by key
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._kinds = ["slowdown", "reset"]
@@ -80,6 +81,8 @@ class FaultyS3Proxy:
             request.method, self.upstream + request.rel_url.raw_path_qs, headers=headers, data=body
         ) as up:
             data = await up.read()
+            if request.method == "GET":
+                self.served[request.path] += len(data)
             out_headers: dict[str, Any] = {k: v for k, v in up.headers.items() if k.lower() not in _HOP}
             if request.method == "HEAD":  # no body, but the object's size must come through
                 resp = web.StreamResponse(status=up.status, headers=out_headers)

@@ -191,6 +191,30 @@ async def test_storage_failure_fails_the_shard_not_the_run(start_sim, s3, moto, 
     assert len(uuids) == len(set(uuids)) and set(uuids) == _expected(sim)
 
 
+async def test_a_feed_day_becomes_its_day_file_by_a_copy_after_reading_its_footer_alone(
+    start_sim, s3, moto, proxy
+) -> None:
+    """A day of the feed is one staged object, labelled as one block: the fold reads its
+    footer (ranged GETs) to check the label, then copies it into place on the server. The
+    rows never come down (a day of a large partner is hundreds of MB)."""
+    sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=4000, end_date=PAST)))
+    faulty, url = proxy
+    code, stdout, err = await _harvest_s3(sim, f"s3://{BUCKET}/footers", url, "--json", "--fetch", "global")
+    assert code == 0 and orjson.loads(stdout)["fetch"] == "global", err
+    uuids, keys = _read_lake(moto, "footers")
+    assert len(uuids) == len(set(uuids)) and set(uuids) == _expected(sim)
+    sizes = {
+        i.path.split("/date=")[1].split("/")[0]: i.size
+        for i in _s3fs(moto).get_file_info(pafs.FileSelector(f"{BUCKET}/footers", recursive=True))
+        if i.path.endswith("/cdr.parquet")
+    }
+    staged = {p: n for p, n in faulty.served.items() if "/_staging/" in p and p.endswith(".staged")}
+    assert len(sizes) == 2 and min(sizes.values()) > 1_000_000 and len(staged) == 2, (sizes, staged)
+    for path, read in staged.items():
+        size = sizes[path.split("/date=")[1].split("/")[0]]
+        assert 0 < read < size / 4, (path, read, size)  # the footer; not the rows
+
+
 async def test_missing_bucket_is_a_usage_error(start_sim, s3, moto) -> None:
     sim = await start_sim(SimConfig(dataset=dataset(customers=1, days=1, end_date=PAST)))
     code, _, err = await cli(

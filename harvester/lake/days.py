@@ -199,12 +199,14 @@ class _Source:
 
 
 def _open(store: Store, key: str) -> pq.ParquetFile | None:
-    data = store.read(key)
-    if data is None:
+    """A Parquet file of the lake, its footer read (its row groups are read when asked)."""
+    f = store.open_file(key)
+    if f is None:
         return None
     try:
-        return pq.ParquetFile(pa.BufferReader(data))
+        return pq.ParquetFile(f)
     except (pa.ArrowException, OSError) as e:
+        f.close()
         raise StorageError(f"{store.where}/{key} is not a readable Parquet file: {short(e)}") from None
 
 
@@ -294,7 +296,11 @@ def _groups(pf: pq.ParquetFile | None, start: int, rows: int) -> Callable[[], It
             n = pf.metadata.row_group(i).num_rows
             lo, hi = max(start, at), min(start + rows, at + n)
             if lo < hi:
-                yield pf.read_row_group(i).slice(lo - at, hi - lo)
+                try:
+                    group = pf.read_row_group(i)
+                except (pa.ArrowException, OSError) as e:
+                    raise StorageError(f"reading a row group of a file of the day: {short(e)}") from None
+                yield group.slice(lo - at, hi - lo)
             at += n
             if at >= start + rows:
                 return

@@ -58,6 +58,13 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
 
+    def open_file(self, key: str) -> pa.NativeFile | None:
+        """``key`` open for random access (read as asked, not whole); None when missing."""
+        try:
+            return pa.OSFile(str(self.path(key)), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
     def write(self, key: str, data: bytes | pa.Buffer) -> int:
         """Write ``data`` to a temporary file in one call, fsync it, rename it into place and
         fsync the directory: once this returns, the object is durable. Returns its size."""

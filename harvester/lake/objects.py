@@ -92,6 +92,18 @@ class ObjectStore:
 
         return _retry(self.uri, "read", op)
 
+    def open_file(self, key: str) -> pa.NativeFile | None:
+        """``key`` open for random access: ranged reads of what is asked (a Parquet footer
+        alone costs one or two), retried by pyarrow's own retry strategy; None when missing."""
+
+        def op() -> pa.NativeFile | None:
+            try:
+                return self.fs.open_input_file(self._full(key))
+            except FileNotFoundError:
+                return None
+
+        return _retry(self.uri, "read", op)
+
     def write(self, key: str, data: bytes | pa.Buffer) -> int:
         """Upload ``data`` so the object appears whole and durable when its upload
         completes (retried; the data is encoded once, whatever the retries)."""
