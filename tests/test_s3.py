@@ -201,7 +201,7 @@ async def test_a_feed_day_becomes_its_day_file_by_a_copy_after_reading_its_foote
     faulty, url = proxy
     code, stdout, err = await _harvest_s3(sim, f"s3://{BUCKET}/footers", url, "--json", "--fetch", "global")
     assert code == 0 and orjson.loads(stdout)["fetch"] == "global", err
-    uuids, keys = _read_lake(moto, "footers")
+    uuids, _ = _read_lake(moto, "footers")
     assert len(uuids) == len(set(uuids)) and set(uuids) == _expected(sim)
     sizes = {
         i.path.split("/date=")[1].split("/")[0]: i.size
