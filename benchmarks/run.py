@@ -77,6 +77,16 @@ SCENARIOS = {
         runs=1,
         sim_extra=["--cache-records", "1200000", "--page-cache-mb", "2048"],
     ),
+    # The same shape read through the partner feed (auto) and one customer at a time.
+    "memory-fetch": Scenario(
+        "memory-fetch",
+        40,
+        25,
+        1000,
+        ["harvester", "harvester[fetch=per-customer]"],
+        runs=3,
+        sim_extra=["--cache-records", "1200000", "--page-cache-mb", "4096"],
+    ),
     "bigshard": Scenario(
         "bigshard",
         2,
@@ -373,6 +383,9 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) 
             cmd += ["--decode-workers", workers.group(1)]
         if ">s3" in kind and s3 is not None:
             cmd += ["--out", f"s3://bench/{out.name}", "--s3-endpoint-url", s3.url]
+        fetch = re.search(r"\[fetch=([a-z-]+)\]", kind)  # harvester[fetch=per-customer]
+        if fetch:
+            cmd += ["--fetch", fetch.group(1)]
     env = {"VOBIZ_AUTH_ID": "PA_SIMULATOR", "VOBIZ_AUTH_TOKEN": TOKEN}
     sim_cpu0 = sim.cpu()
     t0 = time.perf_counter()
@@ -464,12 +477,14 @@ def run_scenario(sc: Scenario, runs: int | None, work: Path) -> dict[str, Any]:
     tmp = work / sc.name
     tmp.mkdir()
     try:
+        # The simulator renders and caches its pages: warm it with each way of reading days.
         first = next(k for k in sc.clients if k.startswith("harvester"))
-        warm_kind = re.split(r"[>+/*]", first)[0]
-        _client(warm_kind, sim, sc, tmp / "warm")  # the simulator renders and caches its pages
+        readers = [k for k in sc.clients if "[fetch=" in k]
+        for n, warm_kind in enumerate(dict.fromkeys(re.split(r"[>+/*]", k)[0] for k in [first, *readers])):
+            _client(warm_kind, sim, sc, tmp / f"warm-{n}")
         for i in range(runs):
             for kind in sc.clients if i % 2 == 0 else list(reversed(sc.clients)):
-                out = tmp / f"{re.sub(r'[@+/*]', '-', kind)}-{i}"
+                out = tmp / f"{re.sub(r'[^A-Za-z0-9_-]', '-', kind)}-{i}"
                 res = _client(kind, sim, sc, out, s3)
                 _check(out, expected, s3 if ">s3" in kind else None)
                 results[kind].append(res)

@@ -48,7 +48,7 @@ class HarvestConfig:
     refresh: bool = False
     max_runtime: float | None = None
     decode_workers: int | str = "auto"  # processes decoding pages beside the event loop: "auto" or 0-16
-    stream_rows: int = 20_000  # a closed-day shard larger than this is written as it arrives
+    stream_rows: int = 50_000  # a closed-day shard larger than this is written as it arrives
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     max_body_mb: int = 64  # an answer larger than this (decompressed) fails its shard

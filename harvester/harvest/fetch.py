@@ -2,7 +2,10 @@
 and not yet visible to any reader.
 
 * A closed day is probed (page 1 gives ``pagination.pages``) and its other pages are fetched
-  through ``--concurrency`` lanes, each checked against page 1.
+  through ``--concurrency`` lanes, each checked against page 1. With decode workers, the loop
+  only holds the page bodies and a worker turns them into the shard's file (~1.2 MB of
+  bodies per 1,000 records; at most two ``--stream-rows`` of rows held across shards, see
+  :meth:`Fetcher._holding`).
 * A closed day of more than ``--stream-rows`` records is written to a staged file a window of
   pages at a time, so memory holds two windows, not the shard.
 * A day that is still open (the current UTC day), and any retry, is walked page by page,
@@ -48,11 +51,6 @@ from harvester.records.verify import (
 
 log = logging.getLogger("harvester.harvest.fetch")
 T = TypeVar("T")
-# A closed day of at most this many records is encoded by a decode worker from its page
-# bodies, which the loop holds until the last arrives (~1.5 MB per 1,000 records; at most
-# two --stream-rows of rows are held across shards, see Fetcher._holding). A day of the
-# partner feed is this size: encoded beside the loop, not on its I/O threads.
-ENCODED_ROWS = 20_000
 
 
 @dataclass
@@ -130,7 +128,7 @@ class Fetcher:
             async with self._streams:
                 return await self._stream(shard, first, problems)
         async with self._holding(first.total):
-            if body is not None and first.pages > 1 and first.total <= ENCODED_ROWS:
+            if body is not None and first.pages > 1:
                 encoded = await self._encoded(shard, first, body, problems)
                 if encoded is not None:
                     return encoded

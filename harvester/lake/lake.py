@@ -49,7 +49,6 @@ class Lake:
         self.store: Store = open_store(out, endpoint_url, region) if isinstance(out, (str, Path)) else out
         self.lock = LakeLock(self.store)
         self.identity = LakeIdentity(self.store)
-        self._made_root = False  # this run created the lake's directory
 
     @property
     def where(self) -> str:
@@ -67,7 +66,7 @@ class Lake:
         part (``_locks/part-I-of-N``), not the lake, so the N parts' workers write one lake at
         once, and it cleans only its own part's leftovers."""
         self.check_usable()
-        self._made_root = self.store.prepare()
+        self.store.prepare()
         if part is not None:
             self.lock = LakeLock(self.store, f"_locks/part-{part[0]}-of-{part[1]}")
         self.lock.acquire()
@@ -80,9 +79,7 @@ class Lake:
 
     def close(self) -> None:
         if self.lock.held:
-            self.lock.release()
-            if self._made_root and self.identity.pending is not None:
-                self.store.remove_root_if_empty()  # nothing was committed into a lake made for this run
+            self.lock.release()  # a directory made for a run that committed nothing goes with it
 
     # -- shards --------------------------------------------------------------------------
     @staticmethod

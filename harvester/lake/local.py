@@ -27,6 +27,7 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.where = str(root)  # how messages name the lake
+        self._made_root = False  # see prepare
 
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -39,18 +40,14 @@ class LocalStore:
                 f"--out {self.root} cannot be used ({e.strerror or e}): choose a directory you can write to"
             ) from None
 
-    def prepare(self) -> bool:
-        """Create the lake's directory; True when this call created it."""
+    def prepare(self) -> None:
+        """Create the lake's directory. One this call created goes again when its last file
+        is deleted: a run that committed nothing (its lock released) leaves no directory."""
         try:
-            existed = self.root.is_dir()
+            self._made_root = not self.root.is_dir()
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise LakeError(f"cannot create {self.root}: {e.strerror}") from None
-        return not existed
-
-    def remove_root_if_empty(self) -> None:
-        with contextlib.suppress(OSError):
-            self.root.rmdir()
 
     def read(self, key: str) -> bytes | None:
         try:
@@ -129,8 +126,11 @@ class LocalStore:
             try:
                 parent.rmdir()
             except OSError:
-                break
+                return
             parent = parent.parent
+        if self._made_root:
+            with contextlib.suppress(OSError):
+                self.root.rmdir()
 
     def keys(self, prefix: str) -> list[str]:
         """Every file under ``prefix`` ("": the whole lake), as keys."""

@@ -76,11 +76,8 @@ class ObjectStore:
         if self.scheme == "s3" and info.type == pafs.FileType.NotFound:
             raise UsageError(f"--out {self.uri}: bucket {self.bucket!r} does not exist: create it first")
 
-    def prepare(self) -> bool:
-        return False  # object stores have no directories to create
-
-    def remove_root_if_empty(self) -> None:
-        return None
+    def prepare(self) -> None:
+        return None  # object stores have no directories to create
 
     def read(self, key: str) -> bytes | None:
         def op() -> bytes | None:
