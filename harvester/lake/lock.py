@@ -8,8 +8,10 @@ fail at once with one line (or, given ``wait``, is waited for).
 Only a lock held by a live run is waited for: a lock that cannot be written (disk full,
 read-only, the store refusing) fails at once. A lock holding this taker's own token is its
 own (a create retried after its first attempt landed). On an object store, which offers no
-create-if-absent here, a taker reads the lock back after writing it, and the one whose token
-is there holds it.
+create-if-absent here, a taker reads the lock back after writing it and holds it only if its
+token is there: of two takers whose read, write and read-back interleave, the first to write
+loses. That narrows the race to two writes landing between one taker's write and its
+read-back (milliseconds); it does not close it.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class LakeLock:
 
     def _mine(self) -> bool:
         """Whether the lock now holds this taker's token: always on a local store (the
-        create is exclusive); on an object store, the last of racing writers wins."""
+        create is exclusive); on an object store, a later writer's token replaces it."""
         if self.store.local:
             return True
         return (read_json(self.store, self.key) or {}).get("token") == self._token
