@@ -17,6 +17,7 @@ import pytest
 from harvester.api.pacing import AutoRate, FixedRate, Pacer, make_pacer
 from harvester.config import HarvestConfig
 from harvester.harvest import window
+from harvester.harvest.fetch import Fetcher
 from harvester.harvest.plan import HARVEST, RECHECK, SKIP, manifest_days, plan
 from harvester.lake.lake import Lake
 from harvester.records.assemble import dedupe, order
@@ -119,6 +120,39 @@ def test_planning_100_days_takes_no_more_memory_than_planning_one() -> None:
 
     one, hundred = peak(1), peak(100)
     assert hundred <= 1.2 * one, (one, hundred)  # a day's shards at a time, never two days'
+
+
+# -- memory held ---------------------------------------------------------------------------------
+async def test_two_large_shards_are_held_at_once_and_small_ones_share_one_stream_rows() -> None:
+    fetcher = Fetcher(_cfg(stream_rows=1000), None, None, None, None)  # type: ignore[arg-type]
+    held: list[str] = []
+
+    async def hold(name: str, rows: int, until: asyncio.Event) -> None:
+        async with fetcher._holding(rows):
+            held.append(name)
+            await until.wait()
+
+    async def settle() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    big1, big2, big3, small = (asyncio.Event() for _ in range(4))
+    tasks = [asyncio.ensure_future(hold(n, r, e)) for n, r, e in [("big1", 1000, big1), ("big2", 900, big2)]]
+    await settle()
+    tasks.append(asyncio.ensure_future(hold("big3", 800, big3)))
+    tasks += [asyncio.ensure_future(hold(f"small{i}", 100, small)) for i in range(3)]
+    await settle()
+    assert held == ["big1", "big2"]  # a third would put 2,700 rows in memory: it waits
+    big1.set()
+    await settle()
+    assert held[2] == "big3" and "small0" not in held  # 900 + 800 held: no room for 100 more
+    big2.set()
+    await settle()
+    assert set(held[3:]) == {"small0", "small1"}  # 800 + 100 + 100 ≤ 1,000; a third would not fit
+    big3.set()
+    small.set()
+    await asyncio.gather(*tasks)
+    assert sorted(held) == ["big1", "big2", "big3", "small0", "small1", "small2"]
 
 
 # -- pacing --------------------------------------------------------------------------------------

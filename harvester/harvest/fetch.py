@@ -82,9 +82,10 @@ class Fetcher:
         self.cfg, self.lake, self.pool, self.io = cfg, lake, pool, io
         self.pages = PageSource(cfg, client, pool)
         self._streams = asyncio.Semaphore(2)  # shards streaming to their files at once
-        # Rows of closed-day shards held in memory at once: two streams' worth. A day of the
-        # partner feed holds many customers' rows, and lanes would otherwise hold several.
+        # Closed-day shards held in memory at once (see _holding): a day of the partner feed
+        # holds many customers' rows, and the lanes would otherwise hold several.
         self._held_rows = 0
+        self._held_shards = 0
         self._room = asyncio.Condition()
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
@@ -140,17 +141,23 @@ class Fetcher:
 
     @contextlib.asynccontextmanager
     async def _holding(self, rows: int) -> AsyncIterator[None]:
-        """Room for ``rows`` held in memory: at most ``2 × --stream-rows`` across shards
-        (one shard at a time may take it all)."""
-        budget = 2 * self.cfg.stream_rows
+        """Room for ``rows`` held in memory: small shards share one ``--stream-rows`` of rows,
+        and two shards are held whatever their size (up to ``--stream-rows`` each), so that
+        one is fetched while the other is encoded: at most ``2 × --stream-rows`` in all."""
+
+        def room() -> bool:
+            return self._held_shards < 2 or self._held_rows + rows <= self.cfg.stream_rows
+
         async with self._room:
-            await self._room.wait_for(lambda: self._held_rows == 0 or self._held_rows + rows <= budget)
+            await self._room.wait_for(room)
             self._held_rows += rows
+            self._held_shards += 1
         try:
             yield
         finally:
             async with self._room:
                 self._held_rows -= rows
+                self._held_shards -= 1
                 self._room.notify_all()
 
     async def _encoded(self, shard: Shard, first: Page, body: bytes, problems: list[str]) -> Fetched | None:
