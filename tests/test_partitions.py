@@ -85,8 +85,9 @@ async def test_a_bad_partition_is_one_line_and_exit_2(tmp_path: Path, value: str
 
 async def test_auto_rate_converges_fast_and_keeps_the_limit_it_learned(start_sim, tmp_path: Path) -> None:
     """A 120-request job with --rate auto from an empty lake against 20 requests/s: it finds
-    the limit within its first seconds (≥ 85% of the limit over the job, ≤ 2% answered 429),
-    keeps it in the lake, and the next run starts just under it (no 429 at all)."""
+    the limit (its ceiling within 15% of it, ≤ 2% answered 429), keeps it in the lake, and the
+    next run starts just under it (no 429 at all). How much of the limit it uses over a job
+    depends on this machine's load: ``benchmarks --scenario limit`` measures that."""
     sim = await start_sim(
         SimConfig(
             dataset=dataset(customers=2, days=2, calls_per_day=2800, end_date=PAST), rate_limit=20, burst=4
@@ -97,9 +98,8 @@ async def test_auto_rate_converges_fast_and_keeps_the_limit_it_learned(start_sim
     assert first["exit_code"] == 0 and first["throttled"] >= 1
     answered = first["requests"] - first["throttled"]
     assert 115 <= first["requests"] <= 145 and first["throttled"] <= 0.02 * first["requests"], first
-    assert answered / first["elapsed_s"] >= 0.85 * 20, (answered, first["elapsed_s"])
     learned = orjson.loads((out / "_lake.json").read_bytes())["server"]["rate_limit"]
-    assert 10 < learned <= 21
+    assert 0.85 * 20 <= learned <= 21, (learned, answered, first["elapsed_s"])
     second = await run_harvest(sim, out, rate="auto", refresh=True, today=PAST + dt.timedelta(days=5))
     assert second["exit_code"] == 0 and second["throttled"] == 0, second["throttled"]
     assert_lake_equals(out, all_records(sim))
