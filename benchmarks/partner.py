@@ -65,13 +65,16 @@ def _nightlies(
     """The nightly command over lakes ``a`` and ``b``, alternating, ``rounds`` times each:
     the median seconds of each, with the requests and store calls of its last run (a nightly
     re-run does the same work: every day it looks at is committed and unchanged)."""
-    runs: dict[str, list[tuple[float, int, int]]] = {"a": [], "b": []}
+    of_a: list[tuple[float, int, int]] = []
+    of_b: list[tuple[float, int, int]] = []
     for _ in range(rounds):
-        runs["a"].append(_nightly(sim, a, s3))
-        runs["b"].append(_nightly(sim, b, s3))
-    return tuple(  # type: ignore[return-value]
-        (statistics.median(r[0] for r in got), got[-1][1], got[-1][2]) for got in (runs["a"], runs["b"])
-    )
+        of_a.append(_nightly(sim, a, s3))
+        of_b.append(_nightly(sim, b, s3))
+
+    def median(runs: list[tuple[float, int, int]]) -> tuple[float, int, int]:
+        return statistics.median(r[0] for r in runs), runs[-1][1], runs[-1][2]
+
+    return median(of_a), median(of_b)
 
 
 def _best(sql: str) -> float:

@@ -60,12 +60,15 @@ class LakeLock:
         where = self.store.where
         me = self._me()
         for _ in range(3):
-            if self.store.create_exclusive(self.key, orjson.dumps(me)) and self._mine():
-                self.held = True
-                self._beat = time.time()
-                return
-            holder = read_json(self.store, self.key) or {}
-            if holder.get("token") == self._token:  # an earlier attempt of ours landed
+            # A local create is exclusive. Otherwise the lock is read back: it is ours if it
+            # holds our token (written just now and not replaced since, on an object store,
+            # which offers no create-if-absent; or an earlier attempt of ours that landed).
+            mine = self.store.create_exclusive(self.key, orjson.dumps(me)) and self.store.local
+            holder: dict[str, Any] = {}
+            if not mine:
+                holder = read_json(self.store, self.key) or {}
+                mine = holder.get("token") == self._token
+            if mine:
                 self.held = True
                 self._beat = time.time()
                 return
@@ -98,13 +101,6 @@ class LakeLock:
         since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         host = socket.gethostname()
         return {"pid": os.getpid(), "host": host, "since": since, "beat": time.time(), "token": self._token}
-
-    def _mine(self) -> bool:
-        """Whether the lock now holds this taker's token: always on a local store (the
-        create is exclusive); on an object store, a later writer's token replaces it."""
-        if self.store.local:
-            return True
-        return (read_json(self.store, self.key) or {}).get("token") == self._token
 
 
 def _pid_alive(pid: int) -> bool:
