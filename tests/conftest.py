@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import MappingProxyType
@@ -219,3 +220,32 @@ def sim_env(sim: Simulator, **more: str) -> dict[str, str]:
 def dataset(**kw: Any) -> Dataset:
     kw.setdefault("end_date", DAY0 + dt.timedelta(days=kw.get("days", 3) - 1))
     return Dataset(**kw)
+
+
+class Poller:
+    """A reader polling the lake with DuckDB while it is written: every answer it saw."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.seen: list[tuple[int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        con = duckdb.connect()
+        glob = f"{self.out}/**/*.parquet"
+        while not self._stop.is_set():
+            try:
+                sql = f"SELECT count(*), count(DISTINCT uuid) FROM read_parquet('{glob}')"
+                n, distinct = con.execute(sql).fetchall()[0]
+            except duckdb.Error:  # e.g. no file yet
+                continue
+            self.seen.append((n, distinct))
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

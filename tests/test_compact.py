@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+import duckdb
 import orjson
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +16,7 @@ from harvester.records.encoding import parquet_bytes
 from harvester.sim import SimConfig
 from tests.conftest import (
     PAST,
+    Poller,
     all_records,
     assert_lake_equals,
     cli,
@@ -25,10 +27,10 @@ from tests.conftest import (
 )
 
 
-async def _old_lake(start_sim, out: Path) -> object:
+async def _old_lake(start_sim, out: Path, days: int = 3) -> object:
     """A lake as the release before one-file-a-day wrote it: harvested, then laid out again
     as ``date=D/cdr-<who>.parquet`` with ``_manifest/date=D/<who>.json`` and format 1."""
-    ds = dataset(customers=4, days=3, calls_per_day=60, end_date=PAST)
+    ds = dataset(customers=4, days=days, calls_per_day=60, end_date=PAST)
     ds.counts[(ds.customer_list[3].auth_id, ds.day_list[1].isoformat())] = 0  # an empty shard
     sim = await start_sim(SimConfig(dataset=ds))
     code, _, err = await cli(*sim_args(sim, out, "--fetch", "per-customer"), env=sim_env(sim))
@@ -49,9 +51,16 @@ async def _old_lake(start_sim, out: Path) -> object:
         doc_path.unlink()
     ident = orjson.loads((out / "_lake.json").read_bytes())
     (out / "_lake.json").write_bytes(orjson.dumps({**ident, "format": 1}))
-    assert len(list(out.rglob("cdr-*.parquet"))) == 11
+    assert len(list(out.rglob("cdr-*.parquet"))) == 4 * days - 1
     assert_lake_equals(out, all_records(sim))
     return sim
+
+
+def _read(out: Path) -> tuple[int, int]:
+    """What a reader of the lake counts now: rows and distinct uuids, by DuckDB's glob."""
+    sql = f"SELECT count(*), count(DISTINCT uuid) FROM read_parquet('{out}/**/*.parquet')"
+    n, distinct = duckdb.sql(sql).fetchall()[0]
+    return int(n), int(distinct)
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
@@ -69,6 +78,8 @@ async def test_compact_converts_exactly_once_and_the_next_run_fetches_nothing(
     assert code == 0, err
     facts = orjson.loads(stdout)
     assert (facts["days"], facts["shards"], facts["files_before"], facts["files_after"]) == (3, 12, 11, 3)
+    assert facts["days_swapped_in_one_step"] == 3 and facts["not_atomic"] is None
+    assert not (tmp_path / ".lake.compacting").exists() and not (out / "_compact").exists()
     assert_lake_equals(out, all_records(sim))
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet")) == [
         f"date={d}/cdr.parquet"
@@ -112,18 +123,49 @@ async def test_a_lake_compact_cannot_convert_is_left_as_it_is(start_sim, tmp_pat
     assert code == 2 and "not a lake" in err and not (tmp_path / "nothing-here").exists()
 
 
-@pytest.mark.parametrize("point", ["before-rename:2", "after-rename:1", "after-rename:2", "after-rename:4"])
+# Per day: its file built (a rename), its document (a rename), the swap; then the next day.
+@pytest.mark.parametrize(
+    "point", ["before-rename:2", "after-rename:1", "after-rename:2", "after-swap:1", "after-rename:4"]
+)
 async def test_compact_killed_anywhere_finishes_when_run_again(start_sim, tmp_path: Path, point: str) -> None:
     out = tmp_path / "lake"
     sim = await _old_lake(start_sim, out)
     code, _, _ = await cli("compact", "--out", str(out), env={"VOBIZ_HARVEST_CRASH": point})
     assert code == -signal.SIGKILL
-    # Killed anywhere, nothing committed is lost (a day can be counted twice until it is finished).
-    rows = {
-        r for p in out.rglob("*.parquet") for r in pq.read_table(p, columns=["uuid"]).column(0).to_pylist()
-    }
-    assert rows == {r["uuid"] for r in all_records(sim)}  # type: ignore[arg-type]
+    # Killed anywhere, a reader counts every committed record once: none lost, none twice.
+    total = len(all_records(sim))
+    assert _read(out) == (total, total)
     code, _, err = await cli("compact", "--out", str(out))
     assert code == 0, err
     assert_lake_equals(out, all_records(sim))
     assert len(list(out.rglob("*.parquet"))) == 3 and not list(out.rglob("cdr-*"))
+
+
+async def test_a_reader_polling_during_compact_never_counts_a_record_twice_or_misses_one(
+    start_sim, tmp_path: Path
+) -> None:
+    out = tmp_path / "lake"
+    sim = await _old_lake(start_sim, out, days=20)
+    total = len(all_records(sim))
+    with Poller(out) as poller:
+        code, stdout, err = await cli("compact", "--out", str(out), "--json")
+    assert code == 0, err
+    assert poller.seen, "the reader never read the lake"
+    assert set(poller.seen) == {(total, total)}
+    assert orjson.loads(stdout)["days_swapped_in_one_step"] == 20
+    assert_lake_equals(out, all_records(sim))
+
+
+async def test_where_days_cannot_be_swapped_compact_says_a_reader_could_count_one_twice(
+    start_sim, tmp_path: Path
+) -> None:
+    out = tmp_path / "lake"
+    sim = await _old_lake(start_sim, out)
+    (tmp_path / ".lake.compacting").write_text("not compact's")  # its working directory cannot be made
+    code, stdout, err = await cli("compact", "--out", str(out), "--json")
+    assert code == 0, err
+    facts = orjson.loads(stdout)
+    assert facts["days_swapped_in_one_step"] == 0 and ".lake.compacting cannot be used" in facts["not_atomic"]
+    assert "could count it twice" in err and err.count("\n") == 1
+    assert_lake_equals(out, all_records(sim))
+    assert (tmp_path / ".lake.compacting").read_text() == "not compact's"

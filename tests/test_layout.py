@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 import pytest
 
 from harvester.sim import SimConfig
 from tests.conftest import (
     PAST,
+    Poller,
     all_records,
     assert_lake_equals,
     cli,
@@ -100,35 +99,6 @@ async def test_forcing_an_unattributable_feed_commits_nothing_and_the_rerun_read
     again = await run_harvest(sim, out, fetch="auto")  # auto: the lake remembers the feed names strangers
     assert again["exit_code"] == 0 and again["fetch"] == "per-customer"
     assert_lake_equals(out, all_records(sim))
-
-
-class Poller:
-    """A reader polling the lake with DuckDB while it is written: every answer it saw."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.seen: list[tuple[int, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        con = duckdb.connect()
-        glob = f"{self.out}/**/*.parquet"
-        while not self._stop.is_set():
-            try:
-                sql = f"SELECT count(*), count(DISTINCT uuid) FROM read_parquet('{glob}')"
-                n, distinct = con.execute(sql).fetchall()[0]
-            except duckdb.Error:  # e.g. no file yet
-                continue
-            self.seen.append((n, distinct))
-
-    def __enter__(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @pytest.mark.parametrize("fetch", ["auto", "per-customer"])

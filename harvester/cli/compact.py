@@ -43,6 +43,8 @@ def command(args: argparse.Namespace) -> int:
         "files_before": done.files_before,
         "files_after": done.files_after,
         "dropped": done.dropped,
+        "days_swapped_in_one_step": done.swapped,
+        "not_atomic": done.not_atomic,
     }
     if args.json:
         print(orjson.dumps(facts).decode())
@@ -52,6 +54,12 @@ def command(args: argparse.Namespace) -> int:
         print(
             f"{args.out}: {done.days} days compacted, {done.shards} shards and {done.rows:,} rows "
             f"from {done.files_before:,} files into {done.files_after:,}",
+            file=sys.stderr,
+        )
+    if done.not_atomic:
+        print(
+            f"note: {done.not_atomic}, so each day's new file appeared just before its old files "
+            "were removed: a reader listing a day at that moment could count it twice",
             file=sys.stderr,
         )
     for shard in done.dropped:

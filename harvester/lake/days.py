@@ -163,11 +163,16 @@ def _blocks_or_none(pf: pq.ParquetFile | None) -> list[tuple[str, int]] | None:
         return None
 
 
-def write_day(store: Store, day: dt.date, files: dict[str, str], records: dict[str, dict[str, Any]]) -> None:
-    """A day's file made from whole Parquet files (``who`` → key, one per shard), then its
-    manifest document holding ``records`` (how ``compact`` converts a day)."""
-    blocks = _write_day(store, day, None, [], {who: _Source(staged=key) for who, key in files.items()})
+def write_day(
+    store: Store, day: dt.date, files: dict[str, str], records: dict[str, dict[str, Any]], into: str
+) -> bool:
+    """A day's file made from whole Parquet files (``who`` → key, one per shard) and written
+    to ``into`` (the day's file, or where ``compact`` builds it), then the day's manifest
+    document holding ``records``. Returns whether the day has rows (a file)."""
+    sources = {who: _Source(staged=key) for who, key in files.items()}
+    blocks = _write_day(store, day, None, [], sources, into)
     _write_doc(store, day, blocks, records, {})
+    return bool(blocks)
 
 
 def _write_doc(
@@ -233,10 +238,12 @@ def _write_day(
     old: pq.ParquetFile | None,
     old_blocks: list[tuple[str, int]],
     sources: dict[str, _Source],
+    into: str | None = None,
 ) -> list[tuple[str, int]]:
-    """Write the new day file (blocks in ``who`` order) and swap it in; delete it when the
-    day has no rows. Returns the new map of blocks. Staged files are held compressed and
-    decoded a row group at a time, so memory follows a row group, not the day."""
+    """Write the new day file (blocks in ``who`` order) and swap it in (at ``into``, the day's
+    file unless said); delete it when the day has no rows. Returns the new map of blocks.
+    Staged files are held compressed and decoded a row group at a time, so memory follows a
+    row group, not the day."""
     offsets: dict[str, int] = {}
     at = 0
     for who, rows in old_blocks:
@@ -262,12 +269,13 @@ def _write_day(
             n, parts[who] = sum(t.num_rows for t in kept), _held(kept)
         if n:
             blocks.append((who, n))
+    into = into or day_file(day)
     if not blocks:
-        store.delete(day_file(day))
+        store.delete(into)
         return []
     schema = SCHEMA.with_metadata({BLOCKS: orjson.dumps(blocks)})
     options = {k: v for k, v in WRITE_OPTIONS.items() if k != "row_group_size"}
-    out = store.stage_table(day_file(day), schema, **options)
+    out = store.stage_table(into, schema, **options)
     try:
         buffer = _RowGroups(out.write, int(WRITE_OPTIONS["row_group_size"]))
         for who, _ in blocks:
