@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,62 @@ async def test_with_workers_every_page_is_decoded_beside_the_loop(start_sim, tmp
     assert none["decode_workers"] == {"processes": 0, "pages": 0} and none["pages"] == rep["pages"]
     assert_lake_equals(tmp_path / "lake", all_records(sim))
     assert_lake_equals(tmp_path / "none", all_records(sim))
+
+
+async def test_page_bodies_wait_in_scratch_files_that_go_with_the_run(start_sim, tmp_path: Path) -> None:
+    """A closed day's page bodies are spilled to a scratch file for the worker, not held: the
+    file goes once the day is encoded, the run's scratch directory when it ends."""
+    sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=700)))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "lake"
+    code, stdout, err = await cli(
+        *sim_args(sim, out, "--decode-workers", "1"), "--json", env=sim_env(sim, TMPDIR=str(scratch))
+    )
+    assert code == 0, err
+    assert orjson.loads(stdout)["decode_workers"]["pages"] == orjson.loads(stdout)["pages"]
+    assert_lake_equals(out, all_records(sim))
+    assert list(scratch.iterdir()) == []
+
+
+async def test_each_closed_day_is_spilled_and_its_file_removed_once_encoded(
+    start_sim, tmp_path: Path
+) -> None:
+    from harvester.harvest.run import harvest_async
+    from tests.conftest import config_for
+
+    sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=700)))
+    pool = DecodePool(1)
+    spills: list[Any] = []
+    make = pool.spill
+    pool.spill = lambda: spills.append(make()) or spills[-1]  # type: ignore[method-assign]
+    try:
+        rep = await harvest_async(config_for(sim, tmp_path / "lake", decode_workers=1), pool=pool)
+        assert rep["exit_code"] == 0 and rep["shards"]["verified"] == rep["shards"]["planned"]
+        assert len(spills) == rep["shards"]["planned"]  # every shard's bodies went through a file
+        assert not any(Path(s.path).exists() for s in spills)
+    finally:
+        pool.close()
+    assert not Path(spills[0].path).parent.exists()
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
+
+
+async def test_scratch_space_that_cannot_be_used_costs_nothing(start_sim, tmp_path: Path) -> None:
+    """Bodies that cannot be spilled (the scratch directory gone, as on a full or cleaned
+    disk): each day's pages are decoded one at a time instead, and the lake is exact."""
+    from harvester.harvest.run import harvest_async
+    from tests.conftest import config_for
+
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=700)))
+    pool = DecodePool(1)
+    shutil.rmtree(pool._scratch)  # type: ignore[arg-type]
+    try:
+        rep = await harvest_async(config_for(sim, tmp_path / "lake", decode_workers=1), pool=pool)
+    finally:
+        pool.close()
+    assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 4
+    assert rep["decode_workers"]["pages"] == rep["pages"]  # decoded in the worker, page by page
+    assert_lake_equals(tmp_path / "lake", all_records(sim))
 
 
 def _answer_once(sim: Any, page: str, body: bytes) -> dict[str, int]:

@@ -161,20 +161,23 @@ class Fetcher:
                 self._room.notify_all()
 
     async def _encoded(self, shard: Shard, first: Page, body: bytes, problems: list[str]) -> Fetched | None:
-        """A small closed day whose page bodies a decode worker turns into its file: the loop
-        only fetches (each page checked against page 1 once the worker has read it). None
-        when the worker fails: the caller fetches the pages again, decoding them itself."""
+        """A closed day whose page bodies a decode worker turns into its file: the loop only
+        fetches, spilling each body to a scratch file the worker reads (each page checked
+        against page 1 once the worker has read it). None when the worker (or the scratch
+        file) fails: the caller fetches the pages again, decoding them itself."""
         assert self.pool is not None
-        bodies: dict[int, bytes] = {1: body}
-
-        async def one(n: int) -> None:
-            bodies[n] = await self.pages.body(shard, n, first.per_page)
-
-        await self._lanes(range(2, first.pages + 1), one, problems)
         try:
-            enc = await self.pool.encode(
-                [bodies[n] for n in sorted(bodies)], first.per_page, shard.scope == "global", shard.who
-            )
+            spill = self.pool.spill()
+            try:
+                spill.add(1, body)
+
+                async def one(n: int) -> None:
+                    spill.add(n, await self.pages.body(shard, n, first.per_page))
+
+                await self._lanes(range(2, first.pages + 1), one, problems)
+                enc = await self.pool.encode(spill, first.per_page, shard.scope == "global", shard.who)
+            finally:
+                spill.close()
         except DecodeError as e:
             log.info("shard %s: %s; decoding its pages here", shard.key, e)
             return None

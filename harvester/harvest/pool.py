@@ -10,9 +10,12 @@ running event loop, its threads or its sockets.
 A worker answers one of two requests:
 
 * ``decode``: one page body → the page's own numbers and its records as an Arrow IPC message;
-* ``encode``: all the page bodies of a small closed day → each page's numbers, and the shard
+* ``encode``: all the page bodies of a closed day → each page's numbers, and the shard
   joined, deduplicated, ordered, summed and encoded as its Parquet file, so the harvester's
-  own process only fetches and writes the bytes (no records cross back).
+  own process only fetches and writes the bytes (no records cross back). The bodies reach
+  the worker through a :class:`Spill`, a scratch file written as the pages arrive and read
+  back a page at a time: neither process holds a day of JSON (a day of the partner feed is
+  tens of MB of it), and nothing is pickled through the pool's pipe but the file's name.
 
 Whatever goes wrong in a worker comes back as :class:`DecodeError`, and the engine then
 fetches and decodes those pages itself; a pool whose process died is not used again
@@ -23,12 +26,16 @@ decoded differs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -78,20 +85,67 @@ class Encoded:
     accounts: frozenset[str | None]
 
 
-def _encode(bodies: list[bytes], per_page: int, by_account: bool, who: str) -> tuple[Any, ...]:
-    """In a worker: pages 1..N of a shard → ("ok", numbers of each page, rows, missing, sums,
-    file bytes), or ("error", why)."""
+class Spill:
+    """The page bodies of one shard in a scratch file, written as they arrive (``add``, on
+    the event loop: a write to the page cache) and read back by a worker a page at a time."""
+
+    def __init__(self, directory: str) -> None:
+        """:class:`DecodeError` when the file cannot be made (the caller decodes itself)."""
+        try:
+            self._fd, self.path = tempfile.mkstemp(suffix=".bodies", dir=directory)
+        except OSError as e:
+            raise DecodeError(f"cannot keep page bodies in {directory} ({e.strerror})") from None
+        self._end = 0
+        self._spans: dict[int, tuple[int, int]] = {}  # page → (offset, length)
+
+    def add(self, page: int, body: bytes) -> None:
+        view = memoryview(body)
+        try:
+            while view:
+                view = view[os.pwrite(self._fd, view, self._end + len(body) - len(view)) :]
+        except OSError as e:  # e.g. a full disk: the caller decodes the pages itself
+            raise DecodeError(f"cannot keep page bodies in {self.path} ({e.strerror})") from None
+        self._spans[page] = (self._end, len(body))
+        self._end += len(body)
+
+    def spans(self) -> list[tuple[int, int]]:
+        """Where each page's body is, page 1 first."""
+        return [self._spans[n] for n in sorted(self._spans)]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def _read_back(path: str, spans: list[tuple[int, int]]) -> Iterator[bytes]:
+    """In a worker: a spilled shard's bodies, one at a time."""
+    with open(path, "rb") as f:
+        for offset, length in spans:
+            body = os.pread(f.fileno(), length, offset)
+            if len(body) != length:
+                raise DecodeError(f"{path} ended early: a page body is {len(body)} of {length} bytes")
+            yield body
+
+
+def _encode(
+    path: str, spans: list[tuple[int, int]], per_page: int, by_account: bool, who: str
+) -> tuple[Any, ...]:
+    """In a worker: pages 1..N of a shard, read from its spill file → ("ok", numbers of each
+    page, rows, missing, sums, file bytes), or ("error", why)."""
     try:
         got = Collector()
         numbers: list[dict[str, Any]] = []
-        bodies.reverse()  # each body is let go once decoded: a feed day's are tens of MB
-        while bodies:
-            page = decode_page(bodies.pop(), len(numbers) + 1, per_page)
+        for body in _read_back(path, spans):  # each body is let go once decoded
+            page = decode_page(body, len(numbers) + 1, per_page)
             got.add(page)
             numbers.append(_numbers(page))
         table = got.table()
         del got
+        pa.default_memory_pool().release_unused()
         table = order(dedupe(table), by_account)
+        pa.default_memory_pool().release_unused()
         labelled = table.replace_schema_metadata(block_label(who, table.num_rows))  # see lake.days
         data = parquet_bytes(labelled).to_pybytes() if table.num_rows else b""
         facts = (table.num_rows, missing_uuids(table), table_sums(table), data, accounts_in(table))
@@ -169,6 +223,11 @@ class DecodePool:
             context.set_forkserver_preload(["harvester.harvest.pool", "pandas"])
         self.broken = False
         self.workers = workers
+        try:  # spilled page bodies (see Spill); without it, pages are decoded one at a time
+            self._scratch: str | None = tempfile.mkdtemp(prefix="vobiz-harvest-")
+        except OSError as e:
+            log.warning("no scratch directory for page bodies (%s); decoding pages one at a time", e)
+            self._scratch = None
         self._executor = ProcessPoolExecutor(
             workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
         )
@@ -199,14 +258,24 @@ class DecodePool:
         except (pa.ArrowException, KeyError, TypeError) as e:
             raise DecodeError(f"decode worker answer unreadable: {e}") from None
 
-    async def encode(self, bodies: list[bytes], per_page: int, by_account: bool, who: str) -> Encoded:
-        """A small closed day's page bodies (page 1 first) encoded by a worker as its file;
+    def spill(self) -> Spill:
+        """A scratch file for a shard's page bodies, to :meth:`encode` (then close it);
+        :class:`DecodeError` when there is none."""
+        if self._scratch is None:
+            raise DecodeError("no scratch directory for page bodies")
+        return Spill(self._scratch)
+
+    async def encode(self, spill: Spill, per_page: int, by_account: bool, who: str) -> Encoded:
+        """A closed day's spilled page bodies encoded by a worker as its file;
         :class:`DecodeError` on any failure."""
         if self.broken:
             raise DecodeError("decode workers unavailable")
         loop = asyncio.get_running_loop()
+        spans = spill.spans()
         try:
-            answer = await loop.run_in_executor(self._executor, _encode, bodies, per_page, by_account, who)
+            answer = await loop.run_in_executor(
+                self._executor, _encode, spill.path, spans, per_page, by_account, who
+            )
         except (BrokenProcessPool, RuntimeError) as e:
             self.broken = True
             raise DecodeError(f"decode worker lost ({type(e).__name__})") from None
@@ -217,5 +286,7 @@ class DecodePool:
         return Encoded(pages, rows, missing, sums, data, accounts)
 
     def close(self) -> None:
-        """Stop the workers (each finishes the page it is on)."""
+        """Stop the workers (each finishes the page it is on), and remove the scratch files."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
