@@ -3,9 +3,10 @@ and not yet visible to any reader.
 
 * A closed day is probed (page 1 gives ``pagination.pages``) and its other pages are fetched
   through ``--concurrency`` lanes, each checked against page 1. With decode workers, the loop
-  only holds the page bodies and a worker turns them into the shard's file (~1.2 MB of
-  bodies per 1,000 records; at most two ``--stream-rows`` of rows held across shards, see
-  :meth:`Fetcher._holding`).
+  writes each page body to a scratch file as it arrives (:class:`~harvester.harvest.pool.Spill`,
+  ~1.1 MB per 1,000 records) and a worker turns them into the shard's file, holding the
+  day's rows while it sorts and encodes them (at most two ``--stream-rows`` of rows across
+  shards, see :meth:`Fetcher._holding`).
 * A closed day of more than ``--stream-rows`` records is written to a staged file a window of
   pages at a time, so memory holds two windows, not the shard.
 * A day that is still open (the current UTC day), and any retry, is walked page by page,
