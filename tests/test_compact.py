@@ -169,3 +169,19 @@ async def test_where_days_cannot_be_swapped_compact_says_a_reader_could_count_on
     assert "could count it twice" in err and err.count("\n") == 1
     assert_lake_equals(out, all_records(sim))
     assert (tmp_path / ".lake.compacting").read_text() == "not compact's"
+
+
+async def test_a_planted_link_beside_the_lake_is_not_followed(start_sim, tmp_path: Path) -> None:
+    """Whoever can write beside the lake cannot have ``compact`` delete files elsewhere
+    through a link named like its working directory."""
+    out = tmp_path / "lake"
+    sim = await _old_lake(start_sim, out)
+    elsewhere = tmp_path / "elsewhere" / "date=2020-01-01"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "keep.parquet").write_text("someone's")
+    (tmp_path / ".lake.compacting").symlink_to(tmp_path / "elsewhere")
+    code, stdout, err = await cli("compact", "--out", str(out), "--json")
+    assert code == 0, err
+    assert "is not compact's working directory" in orjson.loads(stdout)["not_atomic"]
+    assert (elsewhere / "keep.parquet").read_text() == "someone's"
+    assert_lake_equals(out, all_records(sim))

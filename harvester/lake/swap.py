@@ -45,6 +45,9 @@ class DaySwap:
         """Remove what a killed ``compact`` left in the side directory (a day's old files,
         or a new file never exchanged), then make it afresh."""
         try:
+            if self.side.is_symlink() or (self.side.exists() and self.side.stat().st_uid != os.geteuid()):
+                self.why_not = f"{self.side} exists and is not compact's working directory"
+                return
             if self.side.is_dir():
                 for day in self.side.iterdir():
                     if day.is_dir() and day.name.startswith("date="):
