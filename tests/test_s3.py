@@ -243,3 +243,26 @@ async def test_three_workers_into_one_s3_lake(start_sim, s3, moto) -> None:
     uuids, keys = _read_lake(moto, "parts")
     assert len(uuids) == len(set(uuids)) and set(uuids) == _expected(sim)
     assert not [k for k in keys if "_lock" in k]
+
+
+def test_of_two_takers_racing_for_a_lock_on_s3_only_one_creates_it(s3, moto) -> None:
+    """Both read the lock as absent; the second's create is a conditional PUT that S3
+    refuses, so only the first holds it (read, then write, would have let both)."""
+    from harvester.lake.lock import LakeLock, LockHeld
+    from harvester.lake.objects import ObjectStore
+
+    first = ObjectStore(f"s3://{BUCKET}/race", endpoint_url=moto, region="us-east-1")
+    second = ObjectStore(f"s3://{BUCKET}/race", endpoint_url=moto, region="us-east-1")
+    read = second.read
+    stale = iter([None])  # the second taker read before the first wrote
+    second.read = lambda key: next(stale, None) if key == "_lock" and stale else read(key)  # type: ignore[method-assign]
+    assert first.create_exclusive("_lock", b'{"token": "first"}') is True
+    assert second.create_exclusive("_lock", b'{"token": "second"}') is False
+    assert orjson.loads(read("_lock")) == {"token": "first"}
+    # The lock built on it: while one run holds the lake, another cannot take it.
+    first.delete("_lock")
+    held = LakeLock(first)
+    held.acquire()
+    with pytest.raises(LockHeld):
+        LakeLock(second).acquire()
+    held.release()

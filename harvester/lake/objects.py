@@ -10,6 +10,7 @@ backoff, separately from the API's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -44,6 +45,7 @@ class ObjectStore:
         self.prefix = parts.path.strip("/")
         self.endpoint_url = endpoint_url
         self.region = region
+        self._boto: Any = None  # a boto3 client, made when first needed (see _s3_client)
         try:
             if self.scheme == "s3":
                 kw: dict[str, Any] = {
@@ -171,24 +173,32 @@ class ObjectStore:
         return _retry(self.uri, "list", op)
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
-        """Best effort (object stores here offer no create-if-absent): read, then write."""
+        """Create ``key`` unless it exists (False then). On S3 (with boto3) one conditional
+        PUT, ``If-None-Match: *``, which S3 refuses when the object exists: of two takers
+        only one creates it. Elsewhere best effort: read, then write. Either way the lock
+        reads its object back (a store may ignore the condition, see lake.lock)."""
         if self.read(key) is not None:
             return False
-        self.write(key, data)
+        client = _s3_client(self) if self.scheme == "s3" else None
+        if client is None:
+            self.write(key, data)
+            return True
+        full = f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
+        try:
+            client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
+        except Exception as e:  # botocore's ClientError, or a connection error
+            code = getattr(e, "response", {}).get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False  # it exists, or another taker's create is in flight
+            raise StorageError(f"write {key} to {self.uri}: {short(e)}") from None
         return True
 
     def cleanup(self, mine: Callable[[str], bool]) -> int:
         """Abort unfinished multipart uploads under the lake's prefix (a killed run's), of the
         keys ``mine`` says this run owns."""
-        if self.scheme != "s3":
+        client = _s3_client(self) if self.scheme == "s3" else None
+        if client is None:
             return 0
-        try:
-            import boto3
-        except ImportError:
-            log.warning("boto3 is not installed: unfinished multipart uploads of a killed run are left "
-                        "to the bucket's lifecycle rules (pip install 'vobiz-harvester[s3]')")  # fmt: skip
-            return 0
-        client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region)
         n = 0
         prefix = f"{self.prefix}/" if self.prefix else ""
         try:
@@ -204,6 +214,27 @@ class ObjectStore:
         if n:
             log.info("aborted %d unfinished multipart uploads under %s", n, self.uri)
         return n
+
+
+def _s3_client(store: ObjectStore) -> Any:
+    """The store's boto3 S3 client (made once), for what pyarrow.fs does not offer:
+    conditional PUTs, listing unfinished uploads. None where boto3 is not installed."""
+    if store._boto is None and (boto3 := _boto3()) is not None:
+        store._boto = boto3.client("s3", endpoint_url=store.endpoint_url, region_name=store.region)
+    return store._boto
+
+
+@functools.cache
+def _boto3() -> Any:
+    """boto3 (the ``s3`` extra), or None, said once, where it is not installed."""
+    try:
+        import boto3
+    except ImportError:
+        log.warning("boto3 is not installed: the lake's lock on S3 is best effort and unfinished "
+                    "uploads of a killed run are left to the bucket's lifecycle rules "
+                    "(pip install 'vobiz-harvester[s3]')")  # fmt: skip
+        return None
+    return boto3
 
 
 def _complete_upload(sink: pa.NativeFile) -> int:
