@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -349,10 +350,16 @@ async def test_with_workers_every_page_is_decoded_beside_the_loop(start_sim, tmp
 
 async def test_page_bodies_wait_in_scratch_files_that_go_with_the_run(start_sim, tmp_path: Path) -> None:
     """A closed day's page bodies are spilled to a scratch file for the worker, not held: the
-    file goes once the day is encoded, the run's scratch directory when it ends."""
+    file goes once the day is encoded, the run's scratch directory when it ends, and a
+    scratch directory a killed run left is removed by the next."""
     sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=700)))
     scratch = tmp_path / "tmp"
     scratch.mkdir()
+    dead = _a_dead_pid()
+    (scratch / f"vobiz-harvest-{dead}-killed").mkdir()  # left by a run killed with -9
+    (scratch / f"vobiz-harvest-{dead}-killed" / "x.bodies").write_bytes(b"{}")
+    live = scratch / f"vobiz-harvest-{os.getpid()}-running"  # a run still going
+    live.mkdir()
     out = tmp_path / "lake"
     code, stdout, err = await cli(
         *sim_args(sim, out, "--decode-workers", "1"), "--json", env=sim_env(sim, TMPDIR=str(scratch))
@@ -360,7 +367,13 @@ async def test_page_bodies_wait_in_scratch_files_that_go_with_the_run(start_sim,
     assert code == 0, err
     assert orjson.loads(stdout)["decode_workers"]["pages"] == orjson.loads(stdout)["pages"]
     assert_lake_equals(out, all_records(sim))
-    assert list(scratch.iterdir()) == []
+    assert list(scratch.iterdir()) == [live]  # its own gone, and a dead run's; a live run's kept
+
+
+def _a_dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 async def test_each_closed_day_is_spilled_and_its_file_removed_once_encoded(

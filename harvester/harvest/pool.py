@@ -39,12 +39,14 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from harvester.errors import DecodeError
 from harvester.lake.days import block_label
+from harvester.lake.lock import pid_alive
 from harvester.records.assemble import dedupe, order
 from harvester.records.decode import RAW, Collector, Page, Part, decode_page
 from harvester.records.encoding import parquet_bytes
@@ -117,6 +119,26 @@ class Spill:
             os.close(self._fd)
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+_SCRATCH = "vobiz-harvest-"  # + the pid of the run, "-", random
+
+
+def _scratch_dir() -> str | None:
+    """A new scratch directory for this run's spilled page bodies (None, said once, when
+    none can be made: pages are then decoded one at a time). Those of this user's runs that
+    died first (a kill -9 leaves them) are removed: each is named for its run's pid."""
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"{_SCRATCH}*-*"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(old.name[len(_SCRATCH) :].split("-", 1)[0])
+            if not old.is_symlink() and old.stat().st_uid == os.geteuid() and not pid_alive(pid):
+                shutil.rmtree(old)
+    try:
+        return tempfile.mkdtemp(prefix=f"{_SCRATCH}{os.getpid()}-")
+    except OSError as e:
+        log.warning("no scratch directory for page bodies (%s); decoding pages one at a time", e)
+        return None
 
 
 def _read_back(path: str, spans: list[tuple[int, int]]) -> Iterator[bytes]:
@@ -223,11 +245,7 @@ class DecodePool:
             context.set_forkserver_preload(["harvester.harvest.pool", "pandas"])
         self.broken = False
         self.workers = workers
-        try:  # spilled page bodies (see Spill); without it, pages are decoded one at a time
-            self._scratch: str | None = tempfile.mkdtemp(prefix="vobiz-harvest-")
-        except OSError as e:
-            log.warning("no scratch directory for page bodies (%s); decoding pages one at a time", e)
-            self._scratch = None
+        self._scratch = _scratch_dir()  # spilled page bodies (see Spill)
         self._executor = ProcessPoolExecutor(
             workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
         )

@@ -74,7 +74,7 @@ class LakeLock:
                 return
             pid, host = holder.get("pid"), holder.get("host")
             beat = holder.get("beat")
-            dead_here = host == me["host"] and isinstance(pid, int) and not _pid_alive(pid)
+            dead_here = host == me["host"] and isinstance(pid, int) and not pid_alive(pid)
             silent = isinstance(beat, (int, float)) and time.time() - beat > STALE_LOCK_SECONDS
             if not holder or dead_here or (host != me["host"] and silent):
                 self.store.delete(self.key)  # stale (or half-written) lock: take it over
@@ -103,7 +103,8 @@ class LakeLock:
         return {"pid": os.getpid(), "host": host, "since": since, "beat": time.time(), "token": self._token}
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host has ``pid``."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
