@@ -83,14 +83,16 @@ def compact(store: Store) -> Compacted:
         for lock in locks:
             lock.acquire()  # a live run: LakeError (exit 4), nothing changed
         done = Compacted(already=fmt == 2)
-        swap = DaySwap(store.root) if isinstance(store, LocalStore) else None
         for key in store.keys(_BUILD):  # a day file a killed compact never swapped in
             store.delete(key)
         old = _old_layout(store)
-        for day in sorted(old):
-            _convert(store, day, old[day], done, swap)
-        if swap is not None:
-            swap.close()
+        swap = DaySwap(store.root) if old and isinstance(store, LocalStore) else None
+        try:
+            for day in sorted(old):
+                _convert(store, day, old[day], done, swap)
+        finally:
+            if swap is not None:
+                swap.close()
         if fmt == 1:
             doc = {**ident, "format": 2}
             store.write(IDENTITY, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
