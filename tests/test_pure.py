@@ -351,3 +351,17 @@ def test_a_lake_that_committed_nothing_leaves_no_directory(tmp_path: Path) -> No
 def test_a_run_reads_the_manifest_of_its_days_only() -> None:
     got = manifest_days(_cfg(start_date=D - dt.timedelta(days=30), end_date=D - dt.timedelta(days=29)))
     assert got[0] == D - dt.timedelta(days=30) and len(got) == 2 + 8  # the span, and the last week
+
+
+def test_a_spill_gives_back_its_pages_in_order_and_refuses_past_its_cap(tmp_path: Path) -> None:
+    from harvester.errors import DecodeError
+    from harvester.harvest.pool import Spill, _read_back
+
+    spill = Spill(str(tmp_path), cap=1000)
+    spill.add(2, b"b" * 300)  # pages arrive in any order; they are read back in page order
+    spill.add(1, b"a" * 400)
+    assert list(_read_back(spill.path, spill.spans())) == [b"a" * 400, b"b" * 300]
+    with pytest.raises(DecodeError, match="past 0 MB"):
+        spill.add(3, b"c" * 301)  # 1,001 bytes: a server sending far more than a day holds
+    spill.close()
+    assert list(tmp_path.iterdir()) == []

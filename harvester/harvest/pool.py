@@ -91,16 +91,26 @@ class Spill:
     """The page bodies of one shard in a scratch file, written as they arrive (``add``, on
     the event loop: a write to the page cache) and read back by a worker a page at a time."""
 
-    def __init__(self, directory: str) -> None:
+    # A day held whole is at most --stream-rows records (about 55 MB of bodies at the default
+    # 50,000): a server sending far more per record fills no disk, its shard is decoded a page
+    # at a time instead.
+    CAP = 256 << 20
+
+    def __init__(self, directory: str, cap: int = CAP) -> None:
         """:class:`DecodeError` when the file cannot be made (the caller decodes itself)."""
         try:
             self._fd, self.path = tempfile.mkstemp(suffix=".bodies", dir=directory)
         except OSError as e:
             raise DecodeError(f"cannot keep page bodies in {directory} ({e.strerror})") from None
         self._end = 0
+        self._cap = cap
         self._spans: dict[int, tuple[int, int]] = {}  # page → (offset, length)
 
     def add(self, page: int, body: bytes) -> None:
+        if self._end + len(body) > self._cap:
+            raise DecodeError(
+                f"page bodies past {self._cap >> 20} MB for one shard: decoding them one at a time"
+            )
         view = memoryview(body)
         try:
             while view:
