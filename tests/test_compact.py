@@ -3,8 +3,10 @@ customer-day) becomes one file per day, exactly, idempotently, and survives a ki
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 
 import duckdb
@@ -185,3 +187,25 @@ async def test_a_planted_link_beside_the_lake_is_not_followed(start_sim, tmp_pat
     assert "is not compact's working directory" in orjson.loads(stdout)["not_atomic"]
     assert (elsewhere / "keep.parquet").read_text() == "someone's"
     assert_lake_equals(out, all_records(sim))
+
+
+async def test_compact_of_the_current_directory_works_beside_it(start_sim, tmp_path: Path) -> None:
+    """``--out .``: the working directory is made beside the lake, not inside it, where a
+    reader would count a swapped day's old files again."""
+    out = tmp_path / "lake"
+    sim = await _old_lake(start_sim, out)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOBIZ_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "harvester", "compact", "--out", ".",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=out,
+        env={**env, "VOBIZ_HARVEST_CRASH": "after-swap:1"},
+    )  # fmt: skip
+    await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == -signal.SIGKILL  # a day swapped, its old files not yet deleted
+    total = len(all_records(sim))
+    assert _read(out) == (total, total)
+    assert (tmp_path / ".lake.compacting").is_dir()
+    code, _, err = await cli("compact", "--out", str(out))
+    assert code == 0, err
+    assert_lake_equals(out, all_records(sim))
+    assert not (tmp_path / ".lake.compacting").exists()

@@ -33,8 +33,8 @@ class DaySwap:
     """Exchanges day directories of the lake at ``root`` with ones built beside it."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.side = root.parent / f".{root.name}.compacting"
+        self.root = root.resolve()  # "." or "lake/..": beside the lake, never inside it
+        self.side = self.root.parent / f".{self.root.name}.compacting"
         self.why_not: str | None = None  # set once the exchange is found unusable
         if exchange is None:
             self.why_not = "this system has no atomic exchange of directories (renameat2 needs Linux)"
