@@ -7,11 +7,13 @@ fail at once with one line (or, given ``wait``, is waited for).
 
 Only a lock held by a live run is waited for: a lock that cannot be written (disk full,
 read-only, the store refusing) fails at once. A lock holding this taker's own token is its
-own (a create retried after its first attempt landed). On an object store, which offers no
-create-if-absent here, a taker reads the lock back after writing it and holds it only if its
-token is there: of two takers whose read, write and read-back interleave, the first to write
-loses. That narrows the race to two writes landing between one taker's write and its
-read-back (milliseconds); it does not close it.
+own (a create retried after its first attempt landed). On an object store a taker reads the
+lock back after creating it and holds it only if its token is there. On S3 the create is a
+conditional PUT (:meth:`~harvester.lake.objects.ObjectStore.create_exclusive`), so of two
+takers only one creates it; where a store offers no condition (or ignores it), the read-back
+narrows the race to two writes landing between one taker's write and its read-back
+(milliseconds), and does not close it. Taking over a stale lock (a delete, then a create)
+is not conditional anywhere.
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ class LakeLock:
         me = self._me()
         for _ in range(3):
             # A local create is exclusive. Otherwise the lock is read back: it is ours if it
-            # holds our token (written just now and not replaced since, on an object store,
-            # which offers no create-if-absent; or an earlier attempt of ours that landed).
+            # holds our token (written just now and not replaced since, on a store whose
+            # create may not be exclusive; or an earlier attempt of ours that landed).
             mine = self.store.create_exclusive(self.key, orjson.dumps(me)) and self.store.local
             holder: dict[str, Any] = {}
             if not mine:
