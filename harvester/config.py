@@ -226,11 +226,46 @@ def parse_partition(value: str | None, partitions: int | None, index: str | None
 
 
 def auto_workers() -> int:
-    """Decode processes for this machine: one per core, at most 3 (one event loop fetches
-    about as fast as three decode); none on one core. The measured effect of each count is
-    in the README (``python -m benchmarks --scenario workers``)."""
-    cores = os.cpu_count() or 1
+    """Decode processes for this machine: one per usable core, at most 3 (one event loop
+    fetches about as fast as three decode); none on one core. The measured effect of each
+    count is in the README (``python -m benchmarks --scenario workers``)."""
+    cores = usable_cores()
     return 0 if cores < 2 else min(3, cores)
+
+
+def usable_cores() -> int:
+    """The cores this process may use: the machine's, or fewer where its CPU affinity or its
+    container's CPU quota says so (a Kubernetes pod limited to 1 CPU on a 64-core node may
+    use one, and three decode processes there would only queue for it and hold memory)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = quota_cores(
+        _read_small("/sys/fs/cgroup/cpu.max"),
+        _read_small("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+        _read_small("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+    )
+    return max(1, min(cores, quota)) if quota is not None else max(1, cores)
+
+
+def quota_cores(v2: str | None, v1_quota: str | None, v1_period: str | None) -> int | None:
+    """Whole cores a cgroup CPU quota allows (rounded down, at least 1), from cgroup v2's
+    ``cpu.max`` ("max 100000", "150000 100000") or v1's ``cfs_quota_us`` and
+    ``cfs_period_us``; None where there is no quota or the text is not one."""
+    quota, period = [*v2.split(), ""][:2] if v2 is not None else (v1_quota, v1_period)
+    try:
+        q, p = int(quota or ""), int(period or "")
+    except ValueError:  # "max" (v2) or a missing file: no quota
+        return None
+    if q <= 0 or p <= 0:  # -1 (v1): no quota
+        return None
+    return max(1, q // p)
+
+
+def _read_small(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read(100)
+    except OSError:
+        return None
 
 
 def parse_workers(value: str | int) -> int:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 from types import MappingProxyType
@@ -15,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harvester.api.pacing import AutoRate, FixedRate, Pacer, make_pacer
-from harvester.config import HarvestConfig
+from harvester.config import HarvestConfig, quota_cores
 from harvester.harvest import window
 from harvester.harvest.fetch import Fetcher
 from harvester.harvest.plan import HARVEST, RECHECK, SKIP, manifest_days, plan
@@ -365,3 +368,37 @@ def test_a_spill_gives_back_its_pages_in_order_and_refuses_past_its_cap(tmp_path
         spill.add(3, b"c" * 301)  # 1,001 bytes: a server sending far more than a day holds
     spill.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1_quota", "v1_period", "cores"),
+    [
+        ("max 100000\n", None, None, None),  # v2, no quota
+        ("200000 100000\n", None, None, 2),
+        ("150000 100000", None, None, 1),  # 1.5 cores: one whole core
+        ("50000 100000", None, None, 1),  # half a core: still one
+        (None, "-1", "100000", None),  # v1, no quota
+        (None, "300000\n", "100000\n", 3),
+        (None, None, None, None),  # no cgroup files at all
+        ("garbage", None, None, None),
+        ("0 100000", None, None, None),
+    ],
+)
+def test_quota_cores_reads_cgroup_v1_and_v2(v2: Any, v1_quota: Any, v1_period: Any, cores: Any) -> None:
+    assert quota_cores(v2, v1_quota, v1_period) == cores
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_auto_workers_counts_the_cores_this_process_may_use() -> None:
+    """A process allowed one core (taskset, a container's cpuset) starts no decode workers,
+    however many cores the machine has."""
+    code = "from harvester.config import auto_workers, usable_cores; print(usable_cores(), auto_workers())"
+    one = min(os.sched_getaffinity(0))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=lambda: os.sched_setaffinity(0, {one}),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["1", "0"]

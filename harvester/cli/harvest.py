@@ -96,8 +96,9 @@ def add_parser(sub: Any) -> None:
         "--decode-workers",
         default=DEFAULTS["decode_workers"],
         metavar="N",
-        help="processes that decode pages beside the event loop: 'auto' (default: one per core, "
-        "at most 3; 0 on one core or without fork) or 0 to decode on the loop",
+        help="processes that decode pages beside the event loop: 'auto' (default: one per core "
+        "this process may use, by its CPU affinity and container quota, at most 3; 0 on one core) "
+        "or 0 to decode on the loop",
     )
     t.add_argument(
         "--stream-rows",
