@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import socket
+import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +25,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from harvester.config import HarvestConfig
+from harvester.errors import LockHeld
 from harvester.harvest.run import harvest_async as harvest
+from harvester.lake.lock import LakeLock
 from harvester.records.schema import FIELDS, TS
 from harvester.sim import Dataset, SimConfig, Simulator
 
@@ -249,3 +253,61 @@ class Poller:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def a_dead_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _paused_before_takeover(store: Any) -> tuple[threading.Event, threading.Event]:
+    """Make ``store``'s taker wait once it has judged the lock stale, just before it acts on
+    that (deletes the lock, or replaces it): a rival may act first. (judged, go)."""
+    judged, go = threading.Event(), threading.Event()
+    delete, create = store.delete, store.create_exclusive
+
+    def pause() -> None:
+        if not judged.is_set():
+            judged.set()
+            go.wait(10)
+
+    def paused_delete(key: str) -> None:
+        pause()
+        delete(key)
+
+    def paused_create(key: str, data: bytes, replacing: bytes | None = None) -> bool:
+        if replacing is not None:
+            pause()
+            return create(key, data, replacing=replacing)
+        return create(key, data)
+
+    store.delete, store.create_exclusive = paused_delete, paused_create
+    return judged, go
+
+
+def race_for_a_stale_lock(late_store: Any, first_store: Any) -> None:
+    """Two takers find one stale lock; the first takes it over while the other is about to.
+    Only the first may hold the lock."""
+    gone = {"pid": a_dead_pid(), "host": socket.gethostname(), "since": "x", "beat": 0}
+    first_store.write("_lock", orjson.dumps(gone))
+    judged, go = _paused_before_takeover(late_store)
+    late = LakeLock(late_store, "_lock")
+    refused: list[BaseException] = []
+
+    def take_late() -> None:
+        try:
+            late.acquire()
+        except LockHeld as e:
+            refused.append(e)
+
+    taker = threading.Thread(target=take_late)
+    taker.start()
+    assert judged.wait(10)
+    first = LakeLock(first_store, "_lock")
+    first.acquire()
+    go.set()
+    taker.join(10)
+    assert first.held and not late.held and len(refused) == 1
+    assert orjson.loads(first_store.read("_lock"))["token"] == first._token

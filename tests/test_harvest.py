@@ -6,7 +6,6 @@ import datetime as dt
 import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from harvester.records.schema import SCHEMA
 from harvester.sim import SimConfig
 from tests.conftest import (
     PAST,
+    a_dead_pid,
     all_records,
     assert_lake_equals,
     cli,
@@ -355,7 +355,7 @@ async def test_page_bodies_wait_in_scratch_files_that_go_with_the_run(start_sim,
     sim = await start_sim(SimConfig(dataset=dataset(customers=3, days=2, calls_per_day=700)))
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    dead = _a_dead_pid()
+    dead = a_dead_pid()
     (scratch / f"vobiz-harvest-{dead}-killed").mkdir()  # left by a run killed with -9
     (scratch / f"vobiz-harvest-{dead}-killed" / "x.bodies").write_bytes(b"{}")
     live = scratch / f"vobiz-harvest-{os.getpid()}-running"  # a run still going
@@ -368,12 +368,6 @@ async def test_page_bodies_wait_in_scratch_files_that_go_with_the_run(start_sim,
     assert orjson.loads(stdout)["decode_workers"]["pages"] == orjson.loads(stdout)["pages"]
     assert_lake_equals(out, all_records(sim))
     assert list(scratch.iterdir()) == [live]  # its own gone, and a dead run's; a live run's kept
-
-
-def _a_dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
 
 
 async def test_each_closed_day_is_spilled_and_its_file_removed_once_encoded(

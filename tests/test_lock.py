@@ -15,6 +15,7 @@ import pytest
 from harvester.errors import LakeError, LockHeld
 from harvester.lake.local import LocalStore
 from harvester.lake.lock import LakeLock
+from tests.conftest import race_for_a_stale_lock
 
 
 def test_a_lock_that_cannot_be_written_fails_at_once_even_when_told_to_wait(tmp_path: Path) -> None:
@@ -73,8 +74,8 @@ class RacyStore:
     def delete(self, key: str) -> None:
         self.data.pop(key, None)
 
-    def create_exclusive(self, key: str, data: bytes) -> bool:
-        if key in self.data:
+    def create_exclusive(self, key: str, data: bytes, replacing: bytes | None = None) -> bool:
+        if self.data.get(key) != replacing:
             return False
         self.data[key] = data
         if self.rival is not None:  # the rival read "absent" too, and wrote last
@@ -127,3 +128,7 @@ def test_threads_of_one_run_taking_one_days_lock_hold_it_one_at_a_time(tmp_path:
     for t in threads:
         t.join()
     assert not errors and most == 1 and not (tmp_path / "_locks" / "date=2026-11-01").exists()
+
+
+def test_of_two_takers_that_found_one_stale_lock_only_one_takes_it_over(tmp_path: Path) -> None:
+    race_for_a_stale_lock(LocalStore(tmp_path), LocalStore(tmp_path))

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from harvester.sim import SimConfig
-from tests.conftest import PAST, cli, dataset, sim_args, sim_env
+from tests.conftest import PAST, cli, dataset, race_for_a_stale_lock, sim_args, sim_env
 from tests.s3env import FaultyS3Proxy
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] not installed")
@@ -266,3 +266,14 @@ def test_of_two_takers_racing_for_a_lock_on_s3_only_one_creates_it(s3, moto) -> 
     with pytest.raises(LockHeld):
         LakeLock(second).acquire()
     held.release()
+
+
+def test_of_two_takers_that_found_one_stale_lock_on_s3_only_one_takes_it_over(s3, moto) -> None:
+    """The takeover is a PUT conditional on the stale lock's ETag: the late taker's is
+    refused once the first has replaced it (a delete, then a create, let both hold it)."""
+    from harvester.lake.objects import ObjectStore
+
+    def store() -> ObjectStore:
+        return ObjectStore(f"s3://{BUCKET}/stale", endpoint_url=moto, region="us-east-1")
+
+    race_for_a_stale_lock(store(), store())

@@ -18,6 +18,11 @@ from harvester.errors import LakeError, UsageError
 from harvester.lake.crashpoints import crash_point
 from harvester.lake.store import BUFFER, StagedTable, check_key
 
+try:
+    import fcntl
+except ImportError:  # Windows: a stale lock's takeover is not serialised there
+    fcntl = None  # type: ignore[assignment]
+
 
 class LocalStore:
     """A directory on a local (or mounted) filesystem."""
@@ -142,26 +147,21 @@ class LocalStore:
     def has_data(self) -> bool:
         return self.root.is_dir() and any(p.name.startswith("date=") for p in self.root.iterdir())
 
-    def create_exclusive(self, key: str, data: bytes) -> bool:
-        """Create ``key`` holding ``data`` unless it exists (False then). The data is written
-        to a temporary file first and linked into place: the file never exists empty, even
-        when the disk is full."""
-        final, tmp = _tmp(self.path(key))
-        try:
-            with _or_cannot_write(tmp, final):
-                fd = _create(tmp)
-                try:
-                    os.write(fd, data)
-                finally:
-                    os.close(fd)
-                try:
-                    os.link(tmp, final)
-                except FileExistsError:
-                    return False
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        return True
+    def create_exclusive(self, key: str, data: bytes, replacing: bytes | None = None) -> bool:
+        """Create ``key`` holding ``data`` unless it exists (False then); given ``replacing``,
+        replace it instead, only while it still holds exactly those bytes (False otherwise).
+        Replacements hold an exclusive ``flock`` on the lake's directory, so two takers
+        replacing one stale lock do it one after the other and the second finds the first's
+        lock; the kernel lets go of it when its process dies. The data is written to a
+        temporary file first and linked into place: the file never exists empty."""
+        if replacing is None:
+            return _link_new(self.path(key), data)
+        with _flocked(self.root):
+            if self.read(key) != replacing:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                self.path(key).unlink()
+            return _link_new(self.path(key), data)
 
     def cleanup(self, mine: Callable[[str], bool]) -> int:
         """Delete temporary files left by a killed run, of the keys ``mine`` says this run
@@ -199,6 +199,40 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _link_new(final: Path, data: bytes) -> bool:
+    """``final`` created holding ``data`` (written whole, then linked), or False if it exists."""
+    final, tmp = _tmp(final)
+    try:
+        with _or_cannot_write(tmp, final):
+            fd = _create(tmp)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return False
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return True
+
+
+@contextlib.contextmanager
+def _flocked(directory: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``directory`` (none where the system has no flock)."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # lets go of the flock
 
 
 def _create(tmp: Path) -> int:

@@ -12,8 +12,10 @@ lock back after creating it and holds it only if its token is there. On S3 the c
 conditional PUT (:meth:`~harvester.lake.objects.ObjectStore.create_exclusive`), so of two
 takers only one creates it; where a store offers no condition (or ignores it), the read-back
 narrows the race to two writes landing between one taker's write and its read-back
-(milliseconds), and does not close it. Taking over a stale lock (a delete, then a create)
-is not conditional anywhere.
+(milliseconds), and does not close it. A stale lock is taken over by replacing it only
+while it still holds what the taker read (locally under a ``flock`` of the lake's directory,
+on S3 a PUT conditional on its ETag), so two takers that both found it stale cannot both
+take it over.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 import orjson
 
 from harvester.errors import LockHeld
-from harvester.lake.store import Store, read_json
+from harvester.lake.store import Store, parse_json
 
 STALE_LOCK_SECONDS = 600  # a lock not refreshed for this long (another host) is stale
 KEY = "_lock"
@@ -60,32 +62,39 @@ class LakeLock:
 
     def _take(self) -> None:
         where = self.store.where
-        me = self._me()
+        me = orjson.dumps(self._me())
         for _ in range(3):
             # A local create is exclusive. Otherwise the lock is read back: it is ours if it
             # holds our token (written just now and not replaced since, on a store whose
             # create may not be exclusive; or an earlier attempt of ours that landed).
-            mine = self.store.create_exclusive(self.key, orjson.dumps(me)) and self.store.local
-            holder: dict[str, Any] = {}
-            if not mine:
-                holder = read_json(self.store, self.key) or {}
-                mine = holder.get("token") == self._token
-            if mine:
-                self.held = True
-                self._beat = time.time()
-                return
+            if self.store.create_exclusive(self.key, me) and self.store.local:
+                return self._hold()
+            raw = self.store.read(self.key)
+            if raw is None:
+                continue  # released between our create and our read: create again
+            holder = parse_json(raw) or {}
+            if holder.get("token") == self._token:
+                return self._hold()
             pid, host = holder.get("pid"), holder.get("host")
             beat = holder.get("beat")
-            dead_here = host == me["host"] and isinstance(pid, int) and not pid_alive(pid)
+            here = socket.gethostname()
+            dead_here = host == here and isinstance(pid, int) and not pid_alive(pid)
             silent = isinstance(beat, (int, float)) and time.time() - beat > STALE_LOCK_SECONDS
-            if not holder or dead_here or (host != me["host"] and silent):
-                self.store.delete(self.key)  # stale (or half-written) lock: take it over
+            if not holder or dead_here or (host != here and silent):
+                # A stale (or half-written) lock: replaced by ours only while it is still
+                # that lock, so of two takers that both found it stale one takes it over
+                # and the other then finds the first's lock. Read back next time round.
+                self.store.create_exclusive(self.key, me, replacing=raw)
                 continue
             raise LockHeld(
                 f"lake {where} is locked by pid {pid} on {host} since "
                 f"{holder.get('since')}: wait for that run, or remove {where}/{self.key} if it is gone"
             )
         raise LockHeld(f"could not take the lock {where}/{self.key}: other runs keep taking it")
+
+    def _hold(self) -> None:
+        self.held = True
+        self._beat = time.time()
 
     def heartbeat(self) -> None:
         """Refresh the lock (at most once a minute) so other hosts do not think it stale."""

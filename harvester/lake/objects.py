@@ -172,26 +172,30 @@ class ObjectStore:
 
         return _retry(self.uri, "list", op)
 
-    def create_exclusive(self, key: str, data: bytes) -> bool:
-        """Create ``key`` unless it exists (False then). On S3 (with boto3) one conditional
-        PUT, ``If-None-Match: *``, which S3 refuses when the object exists: of two takers
-        only one creates it. Elsewhere best effort: read, then write. Either way the lock
-        reads its object back (a store may ignore the condition, see lake.lock)."""
-        if self.read(key) is not None:
-            return False
+    def create_exclusive(self, key: str, data: bytes, replacing: bytes | None = None) -> bool:
+        """Create ``key`` unless it exists (False then); given ``replacing``, replace it
+        instead, only while it still holds exactly those bytes (False otherwise). On S3 (with
+        boto3) one conditional PUT: ``If-None-Match: *`` to create, ``If-Match`` the ETag of
+        the object compared to replace, which S3 refuses once the object has changed: of two
+        takers only one creates or replaces it. Elsewhere best effort: read, then write.
+        Either way the lock reads its object back (a store may ignore the condition)."""
         client = _s3_client(self) if self.scheme == "s3" else None
         if client is None:
+            if self.read(key) != replacing:
+                return False
             self.write(key, data)
             return True
         full = f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
+        if replacing is None:
+            return self.read(key) is None and _put_if(client, self, full, data, IfNoneMatch="*")
         try:
-            client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
-        except Exception as e:  # botocore's ClientError, or a connection error
-            code = getattr(e, "response", {}).get("Error", {}).get("Code")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return False  # it exists, or another taker's create is in flight
-            raise StorageError(f"write {key} to {self.uri}: {short(e)}") from None
-        return True
+            got = client.get_object(Bucket=self.bucket, Key=full)
+            now, etag = got["Body"].read(), got["ETag"]
+        except Exception as e:
+            if _code(e) in ("NoSuchKey", "404"):
+                return False  # gone: the caller creates it
+            raise StorageError(f"read {key} from {self.uri}: {short(e)}") from None
+        return now == replacing and _put_if(client, self, full, data, IfMatch=etag)
 
     def cleanup(self, mine: Callable[[str], bool]) -> int:
         """Abort unfinished multipart uploads under the lake's prefix (a killed run's), of the
@@ -222,6 +226,23 @@ def _s3_client(store: ObjectStore) -> Any:
     if store._boto is None and (boto3 := _boto3()) is not None:
         store._boto = boto3.client("s3", endpoint_url=store.endpoint_url, region_name=store.region)
     return store._boto
+
+
+def _put_if(client: Any, store: ObjectStore, full: str, data: bytes, **condition: str) -> bool:
+    """One conditional PUT; False when S3 refuses its condition."""
+    try:
+        client.put_object(Bucket=store.bucket, Key=full, Body=data, **condition)
+    except Exception as e:  # botocore's ClientError, or a connection error
+        if _code(e) in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412"):
+            return False  # changed, or another taker's write is in flight
+        raise StorageError(f"write {full} to {store.uri}: {short(e)}") from None
+    return True
+
+
+def _code(e: BaseException) -> str | None:
+    """The error code of a botocore ClientError (None for any other error)."""
+    code = getattr(e, "response", {}).get("Error", {}).get("Code")
+    return str(code) if code is not None else None
 
 
 @functools.cache

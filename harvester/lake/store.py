@@ -92,15 +92,18 @@ class Store(Protocol):
     def move(self, src: str, dst: str) -> None: ...
     def keys(self, prefix: str) -> list[str]: ...
     def has_data(self) -> bool: ...
-    def create_exclusive(self, key: str, data: bytes) -> bool: ...
+    def create_exclusive(self, key: str, data: bytes, replacing: bytes | None = None) -> bool: ...
     def cleanup(self, mine: Callable[[str], bool]) -> int: ...
 
 
 def read_json(store: Store, key: str) -> dict[str, Any] | None:
     """A JSON object kept at ``key``; None when it is missing, torn or not an object."""
     data = store.read(key)
-    if data is None:
-        return None
+    return None if data is None else parse_json(data)
+
+
+def parse_json(data: bytes) -> dict[str, Any] | None:
+    """A JSON object; None when the bytes are torn or not an object."""
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
