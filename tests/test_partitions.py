@@ -12,6 +12,7 @@ import pytest
 from harvester.records.shard import Shard, part_of
 from harvester.sim import SimConfig
 from tests.conftest import (
+    DAY0,
     PAST,
     all_records,
     assert_lake_equals,
@@ -89,18 +90,17 @@ async def test_auto_rate_converges_fast_and_keeps_the_limit_it_learned(start_sim
     next run starts just under it (no 429 at all). How much of the limit it uses over a job
     depends on this machine's load: ``benchmarks --scenario limit`` measures that."""
     sim = await start_sim(
-        SimConfig(
-            dataset=dataset(customers=2, days=2, calls_per_day=2800, end_date=PAST), rate_limit=20, burst=4
-        )
-    )
+        SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=2800), rate_limit=20, burst=4)
+    )  # fixed days (the run is told its today): the same 120-odd requests on any date
     out = tmp_path / "lake"
-    first = await run_harvest(sim, out, rate="auto", today=PAST + dt.timedelta(days=5))
+    today = DAY0 + dt.timedelta(days=6)
+    first = await run_harvest(sim, out, rate="auto", today=today)
     assert first["exit_code"] == 0 and first["throttled"] >= 1
     answered = first["requests"] - first["throttled"]
     assert 115 <= first["requests"] <= 145 and first["throttled"] <= 0.02 * first["requests"], first
     learned = orjson.loads((out / "_lake.json").read_bytes())["server"]["rate_limit"]
     assert 0.85 * 20 <= learned <= 21, (learned, answered, first["elapsed_s"])
-    second = await run_harvest(sim, out, rate="auto", refresh=True, today=PAST + dt.timedelta(days=5))
+    second = await run_harvest(sim, out, rate="auto", refresh=True, today=today)
     assert second["exit_code"] == 0 and second["throttled"] == 0, second["throttled"]
     assert_lake_equals(out, all_records(sim))
 
