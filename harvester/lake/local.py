@@ -223,13 +223,14 @@ def _link_new(final: Path, data: bytes) -> bool:
 
 @contextlib.contextmanager
 def _flocked(directory: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``directory`` (none where the system has no flock)."""
+    """An exclusive ``flock`` on ``directory`` (none where the system or filesystem has none)."""
     if fcntl is None:
         yield
         return
     fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # a filesystem without flock (some NFS): unserialised
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # lets go of the flock
