@@ -62,7 +62,8 @@ class LakeLock:
 
     def _take(self) -> None:
         where = self.store.where
-        me = orjson.dumps(self._me())
+        doc = self._me()
+        me, here = orjson.dumps(doc), doc["host"]
         for _ in range(3):
             # A local create is exclusive. Otherwise the lock is read back: it is ours if it
             # holds our token (written just now and not replaced since, on a store whose
@@ -77,7 +78,6 @@ class LakeLock:
                 return self._hold()
             pid, host = holder.get("pid"), holder.get("host")
             beat = holder.get("beat")
-            here = socket.gethostname()
             dead_here = host == here and isinstance(pid, int) and not pid_alive(pid)
             silent = isinstance(beat, (int, float)) and time.time() - beat > STALE_LOCK_SECONDS
             if not holder or dead_here or (host != here and silent):
