@@ -243,7 +243,7 @@ def usable_cores() -> int:
         _read_small("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
         _read_small("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
     )
-    return max(1, min(cores, quota)) if quota is not None else max(1, cores)
+    return min(cores, quota) if quota is not None else cores  # each is at least 1
 
 
 def quota_cores(v2: str | None, v1_quota: str | None, v1_period: str | None) -> int | None:
