@@ -58,8 +58,15 @@ class HarvestConfig:
 
     @property
     def workers(self) -> int:
-        """Decode processes this run starts (``decode_workers`` with "auto" resolved)."""
+        """Decode processes this run may start (``decode_workers`` with "auto" resolved)."""
         return parse_workers(self.decode_workers)
+
+    def workers_at(self, rate: float | None) -> int:
+        """Decode processes worth running while requests go at ``rate`` a second (None: no
+        limit): the number asked for, or with ``auto`` :attr:`workers` from
+        :data:`WORKERS_FROM_RATE` on and none below it."""
+        auto = str(self.decode_workers).strip().lower() == "auto"
+        return self.workers if not auto or rate is None or rate >= WORKERS_FROM_RATE else 0
 
     @property
     def identity(self) -> dict[str, object]:
@@ -223,6 +230,13 @@ def parse_partition(value: str | None, partitions: int | None, index: str | None
     if not sep or not 0 <= part[0] < part[1] or part[1] > 10_000:
         raise UsageError(f"--partition {part[0]}/{part[1]} is out of range: {fix}")
     return part
+
+
+# Decode workers cost a start (about a second of CPU) and memory (about 110 MB for two); they
+# pay only when pages come fast. Below this many requests a second (a real API's limit is
+# usually far below it), the event loop decodes every page itself in a few percent of a core:
+# a page of 100 records takes about 0.6 ms.
+WORKERS_FROM_RATE = 100.0
 
 
 def auto_workers() -> int:

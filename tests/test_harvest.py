@@ -335,6 +335,30 @@ async def test_decode_workers_give_the_same_lake(start_sim, tmp_path: Path) -> N
     assert_lake_equals(tmp_path / "lake", all_records(sim))
 
 
+@pytest.mark.parametrize(("learned", "busy"), [(None, False), (50.0, False), (1000.0, True)])
+async def test_decode_workers_start_only_once_requests_come_fast(
+    start_sim, tmp_path: Path, learned: float | None, busy: bool
+) -> None:
+    """With ``--decode-workers auto``, a run paced below 100 requests a second decodes every
+    page on the loop and starts no worker; under ``--rate auto`` the workers start once the
+    rate gets there (here at once: the lake keeps a limit of 1,000/s an earlier run found).
+    The lake is exact either way."""
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=150)))
+    out = tmp_path / "lake"
+    rate: float | str = 50.0
+    if learned is not None:
+        out.mkdir()
+        lake = {"format": 2, "scope": "partner", "filters": {}, "server": {"rate_limit": learned}}
+        (out / "_lake.json").write_bytes(orjson.dumps(lake))
+        rate = "auto"
+    rep = await run_harvest(sim, out, rate=rate)
+    assert rep["exit_code"] == 0 and rep["shards"]["verified"] == 4
+    workers = auto_workers() if busy else 0
+    assert rep["decode_workers"]["processes"] == workers
+    assert (rep["decode_workers"]["pages"] > 0) == (workers > 0)
+    assert_lake_equals(out, all_records(sim))
+
+
 async def test_with_workers_every_page_is_decoded_beside_the_loop(start_sim, tmp_path: Path) -> None:
     """The same code path with and without workers: with them, every page is decoded in a
     worker process (none on the loop), and the lake is the same."""

@@ -18,10 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from harvester.api.pacing import AutoRate, FixedRate, Pacer, make_pacer
-from harvester.config import HarvestConfig, quota_cores
+from harvester.config import HarvestConfig, auto_workers, quota_cores
 from harvester.harvest import window
 from harvester.harvest.fetch import Fetcher
 from harvester.harvest.plan import HARVEST, RECHECK, SKIP, manifest_days, plan
+from harvester.harvest.run import starting_rate
 from harvester.lake.lake import Lake
 from harvester.records.assemble import dedupe, order
 from harvester.records.decode import _LOST, _to_float, _to_int, _to_str, _to_ts
@@ -402,3 +403,26 @@ def test_auto_workers_counts_the_cores_this_process_may_use() -> None:
         check=True,
     ).stdout.split()
     assert out == ["1", "0"]
+
+
+@pytest.mark.parametrize(
+    ("asked", "rate", "want"),
+    [
+        ("auto", None, "cores"),  # no limit: pages come as fast as the server answers
+        ("auto", 100.0, "cores"),
+        ("auto", 99.0, 0),
+        ("auto", 0.0, 0),  # --rate auto before it has climbed
+        ("AUTO", 20.0, 0),
+        ("2", 20.0, 2),  # a number asked for is started whatever the rate
+        (1, None, 1),
+        (0, None, 0),
+    ],
+)
+def test_decode_workers_run_only_while_requests_come_fast(asked: Any, rate: Any, want: Any) -> None:
+    cfg = _cfg(decode_workers=asked)
+    assert cfg.workers_at(rate) == (auto_workers() if want == "cores" else want)
+
+
+@pytest.mark.parametrize(("rate", "want"), [(None, None), ("unlimited", None), ("auto", 0.0), (20.0, 20.0)])
+def test_the_rate_a_run_starts_at(rate: Any, want: Any) -> None:
+    assert starting_rate(_cfg(rate=rate)) == want

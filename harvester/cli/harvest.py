@@ -97,8 +97,8 @@ def add_parser(sub: Any) -> None:
         default=DEFAULTS["decode_workers"],
         metavar="N",
         help="processes that decode pages beside the event loop: 'auto' (default: one per core "
-        "this process may use, by its CPU affinity and container quota, at most 3; 0 on one core) "
-        "or 0 to decode on the loop",
+        "this process may use, by its CPU affinity and container quota, at most 3; 0 on one core; "
+        "started only while requests go at 100/s or more) or 0 to decode on the loop",
     )
     t.add_argument(
         "--stream-rows",

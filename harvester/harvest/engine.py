@@ -10,6 +10,7 @@ other error ends the run.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import logging
@@ -53,6 +54,8 @@ class Harvester:
         # cores of a local disk busy; an object store's uploads wait on the network.
         self._io = ThreadPoolExecutor(2 if lake.store.local else 6, thread_name_prefix="shard-io")
         self.fetcher = Fetcher(cfg, client, lake, pool, self._io)
+        self._may_start_workers = pool is None and cfg.workers > 0  # see workers_if_busy
+        self._own_pool: DecodePool | None = None
 
     async def accounts(self) -> list[str | None]:
         """Whose CDRs to fetch. In partner scope the listing is always read: ``--customer``
@@ -145,9 +148,33 @@ class Harvester:
                 await self._fold(day)
         finally:
             self._io.shutdown(wait=True, cancel_futures=True)
+            if self._own_pool is not None:
+                self._own_pool.close()
         return self.stats
 
+    @property
+    def decode_processes(self) -> int:
+        """The decode processes this run has used (0: every page was decoded on the loop)."""
+        return self.fetcher.pool.workers if self.fetcher.pool is not None else 0
+
+    async def workers_if_busy(self) -> None:
+        """Start the decode workers once requests come fast enough for them to pay
+        (:meth:`HarvestConfig.workers_at`): a run with ``--decode-workers auto`` whose rate
+        starts low (``--rate auto``) and climbs. Once a run; they stop when it ends."""
+        if not self._may_start_workers or not self.cfg.workers_at(self.client.pacer.rate):
+            return
+        self._may_start_workers = False
+        log.info("requests at %s/s: starting %d decode workers", self.client.pacer.rate, self.cfg.workers)
+        starting = asyncio.get_running_loop().run_in_executor(None, DecodePool, self.cfg.workers)
+        try:
+            self._own_pool = await asyncio.shield(starting)
+        except asyncio.CancelledError:  # the run stops meanwhile: stop the pool once it is up
+            starting.add_done_callback(_close_pool)
+            raise
+        self.fetcher.use(self._own_pool)
+
     async def _guarded(self, p: Planned) -> None:
+        await self.workers_if_busy()
         try:
             result = await self.do_shard(p.shard, p.mode)
         except ShardError as e:
@@ -228,3 +255,8 @@ class Harvester:
         record = manifest_record(shard, fetched, self.lake.file_key(shard), self.cfg)
         self.lake.commit(shard, {**record, "bytes": nbytes})
         return nbytes
+
+
+def _close_pool(starting: asyncio.Future[DecodePool]) -> None:
+    if not starting.cancelled() and starting.exception() is None:
+        starting.result().close()

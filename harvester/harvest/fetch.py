@@ -89,6 +89,10 @@ class Fetcher:
         self._held_shards = 0
         self._room = asyncio.Condition()
 
+    def use(self, pool: DecodePool) -> None:
+        """Decode with ``pool`` from the next page on (a pool started mid-run)."""
+        self.pool = self.pages.pool = pool
+
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """Blocking shard work (assembly, files, object stores) on the I/O threads."""
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)

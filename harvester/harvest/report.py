@@ -72,7 +72,7 @@ def build(
         "records_per_s": round(stats.records / elapsed, 1),
         "requests_per_s": round(client.requests / elapsed, 2),
         "rate": rate,
-        "decode_workers": {"processes": cfg.workers, "pages": counts.worker_pages},
+        "decode_workers": {"processes": harvester.decode_processes, "pages": counts.worker_pages},
         "unverified": [
             {"shard": r.shard.key, "detail": r.detail} for r in stats.problems if r.status == "unverified"
         ],

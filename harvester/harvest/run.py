@@ -49,7 +49,8 @@ def run_harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | None 
     """Run one harvest from synchronous code (a script, a notebook, an Airflow task): the
     decode workers start first, then the event loop runs the harvest. Returns the report;
     its ``exit_code`` is what the command line exits with."""
-    pool = DecodePool(cfg.workers) if cfg.workers else None
+    workers = cfg.workers_at(starting_rate(cfg))
+    pool = DecodePool(workers) if workers else None
     try:
         return loop.run(harvest_async(cfg, progress, pool))
     finally:
@@ -63,11 +64,13 @@ async def harvest_async(
     pool: DecodePool | None = None,
 ) -> Report:
     """Run one harvest inside a running event loop. Without ``pool``, one is started here
-    (from a thread, so the loop keeps running) when ``cfg`` asks for decode workers, and
-    stopped when the harvest ends."""
-    own_pool = pool is None and cfg.workers > 0
+    (from a thread, so the loop keeps running) when ``cfg`` asks for decode workers from the
+    start, and stopped when the harvest ends; a run that starts slow (``--rate auto``) starts
+    them once its requests come fast enough (see :meth:`Harvester.workers_if_busy`)."""
+    workers = cfg.workers_at(starting_rate(cfg)) if pool is None else 0
+    own_pool = workers > 0
     if own_pool:
-        pool = await asyncio.get_running_loop().run_in_executor(None, DecodePool, cfg.workers)
+        pool = await asyncio.get_running_loop().run_in_executor(None, DecodePool, workers)
     try:
         return await _harvest(cfg, progress, pool)
     finally:
@@ -139,6 +142,14 @@ async def _harvest(
     )
     JOURNAL.log(logging.INFO if code == 0 else logging.ERROR, "run end: %s", report.one_line(rep))
     return rep
+
+
+def starting_rate(cfg: HarvestConfig) -> float | None:
+    """The request rate a run starts at, as far as its settings tell before the lake is read:
+    None without a limit, the number asked for, or 0 for ``auto`` (it starts low and climbs)."""
+    if cfg.rate is None or cfg.rate == "unlimited":
+        return None
+    return 0.0 if cfg.rate == "auto" else float(cfg.rate)
 
 
 def _learned_rate(lake: Lake) -> float | None:
