@@ -174,7 +174,7 @@ def run(work: Path) -> dict[str, Any]:
         "harvest_s": full["elapsed_s"],
         "records_per_s": full["records_per_s"],
         "cpu_s_per_m_records": full["cpu_s_per_m_records"],
-        "peak_rss_mb": full["peak_rss_mb"],
+        "peak_memory_mb": full["peak_memory_mb"],
         "simulator_cpu_s": full["sim_cpu_s"],
         "nightly_30_day_lake_s": round(night30[0], 2),
         "nightly_3_day_lake_s": round(night3[0], 2),

@@ -1,16 +1,21 @@
 """Throughput benchmarks: the harvester against the naive loop, on the simulator.
 
     python -m benchmarks                      # loopback, latency, limit scenarios
-    python -m benchmarks --scenario memory    # 1M records, peak RSS
+    python -m benchmarks --scenario memory    # 1M records, peak memory
     python -m benchmarks --scenario bigshard  # two shards of 327k records, streamed to their files
     python -m benchmarks --scenario workers   # loopback with 0, 1 and 2 decode workers
     python -m benchmarks --scenario loopback --runs 5
     python -m benchmarks --scenario partner   # 2,000 small customers × 30 days (benchmarks.partner)
 
 The simulator runs in its own process (its CPU is measured separately, to show it is not
-the bottleneck). Each client runs as a subprocess so its CPU seconds and peak RSS come from
-the kernel (``wait4``). Clients alternate, the median of ``--runs`` is reported, and every
-result is checked against the simulator's own records: a fast wrong answer fails the run.
+the bottleneck). Each client runs as a subprocess so its CPU seconds come from the kernel
+(``wait4``, and ``/proc`` for the processes it does not reap: see :class:`TreeCpu`). Its
+peak memory is the largest sum of proportional set sizes over its process tree, sampled
+every 0.1 s: one measure whether a client runs alone or with decode workers (before
+2026-12-06 a lone process reported its own RSS high-water mark, which counts libraries it
+shares with the simulator in full, and the CPU of a fork server was missed). Clients
+alternate, the median of ``--runs`` is reported, and every result is checked against the
+simulator's own records: a fast wrong answer fails the run.
 Results go to ``benchmarks/results/<scenario>.json`` and ``benchmarks/results/latest.md``.
 
 ``loopback`` also runs ``floor`` (:mod:`benchmarks.floor`): the harvester's own HTTP, decode
@@ -145,10 +150,6 @@ def _proc_kb(pid: int, name: str, key: str) -> int:
     return 0
 
 
-def _vm_hwm_kb(pid: int) -> int:
-    return _proc_kb(pid, "status", "VmHWM:")
-
-
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -174,23 +175,40 @@ def _tree_pss_kb(pid: int) -> int:
 
 
 class TreeCpu:
-    """CPU of the processes below a client's children (decode workers forked by a fork
-    server), which ``wait4`` on the client does not count; its own children it reaps are in
-    ``wait4``'s count. Each is read every sample and its last reading counts, so at most one
-    sampling interval of each is missed."""
+    """CPU of the processes below a client that ``wait4`` on the client does not count: its
+    decode workers (grandchildren, reaped by their fork server) and those of its children it
+    never reaps (the fork server and the resource tracker outlive it: Python does not wait
+    for them at exit). A child that leaves while the client runs was reaped by it, so it is
+    in ``wait4``'s count and not here. Each process's own CPU (not its children's) is read
+    every sample and its last reading counts, so at most one sampling interval of each is
+    missed."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.last: dict[int, float] = {}
+        self.children: set[int] = set()  # the client's children at the last sample it ran
+        self.reaped: set[int] = set()
 
     def sample(self) -> None:
-        for child in _children(self.pid):
-            for p in _descendants(child):
-                with contextlib.suppress(OSError, IndexError):
-                    self.last[p] = _proc_cpu(p)
+        if _running(self.pid):
+            now = set(_children(self.pid))
+            self.reaped |= self.children - now
+            self.children = now
+        for p in [*self.children, *(d for child in self.children for d in _descendants(child))]:
+            with contextlib.suppress(OSError, IndexError):
+                self.last[p] = _proc_cpu(p)
 
     def total(self) -> float:
-        return sum(self.last.values())
+        return sum(cpu for p, cpu in self.last.items() if p not in self.reaped)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 class Sim:
@@ -321,7 +339,7 @@ def _partitioned(kind: str, parts: int, sim: Sim, sc: Scenario, out: Path) -> di
         "elapsed_s": elapsed,
         "wall_s": round(wall, 3),
         "cpu_s": round(cpu, 3),
-        "peak_rss_mb": 0,
+        "peak_memory_mb": 0,
         "requests": requests,
         "throttled": sum(r["throttled"] for r in reps),
         "rate": reps[0]["rate"],
@@ -391,8 +409,7 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) 
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, **env}
     )
-    # Peak memory: the client's own high-water mark (VmHWM; ru_maxrss would include our
-    # pre-exec RSS), or, with decode workers, the largest sampled sum over the process tree.
+    # Peak memory: the largest sampled sum of PSS over the client's process tree.
     peak_kb, tick = 0, 0
     tree = TreeCpu(proc.pid)
     while True:
@@ -400,12 +417,12 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) 
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
-        if tick % 5 == 0 and _children(proc.pid):  # every 0.1 s: smaps_rollup is not free
+        if tick % 5 == 0:  # every 0.1 s: smaps_rollup is not free
             peak_kb = max(peak_kb, _tree_pss_kb(proc.pid))
         tick += 1
         time.sleep(0.02)
     wall = time.perf_counter() - t0
+    tree.sample()  # the children the client left running (a fork server) once more
     stdout = proc.stdout.read() if proc.stdout else b""
     stderr = proc.stderr.read() if proc.stderr else b""
     code = os.waitstatus_to_exitcode(status)
@@ -421,7 +438,7 @@ def _client(kind: str, sim: Sim, sc: Scenario, out: Path, s3: S3 | None = None) 
         "elapsed_s": rep["elapsed_s"],
         "wall_s": round(wall, 3),
         "cpu_s": round(cpu, 3),
-        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "peak_memory_mb": round(peak_kb / 1024, 1),
         "requests": rep.get("requests", rep["pages"] + 1),
         "throttled": rep.get("throttled", 0),
         "rate": rep.get("rate", "sequential"),
@@ -489,7 +506,7 @@ def run_scenario(sc: Scenario, runs: int | None, work: Path) -> dict[str, Any]:
                 results[kind].append(res)
                 print(
                     f"  {kind:<20} run {i + 1}: {res['records_per_s']:>10,.0f} rec/s, "
-                    f"cpu {res['cpu_s']:.2f}s, rss {res['peak_rss_mb']} MB",
+                    f"cpu {res['cpu_s']:.2f}s, peak memory {res['peak_memory_mb']} MB",
                     file=sys.stderr,
                 )
     finally:
@@ -531,7 +548,7 @@ COLUMNS = [
     ("limit_share", "share of limit"),
     ("throttled", "429s"),
     ("cpu_s_per_m_records", "CPU s / M records"),
-    ("peak_rss_mb", "peak RSS MB"),
+    ("peak_memory_mb", "peak memory MB"),
     ("vs_naive", "× naive"),
     ("sim_cpu_share", "sim CPU / client CPU"),
 ]
@@ -562,7 +579,7 @@ def table(result: dict[str, Any]) -> str:
     for row in result["clients"].values():
         cells = []
         for key, _ in COLUMNS:
-            v = row.get(key)
+            v = row.get(key, row.get("peak_rss_mb") if key == "peak_memory_mb" else None)  # older results
             cells.append(_cell(v, key))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
