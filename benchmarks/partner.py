@@ -123,9 +123,7 @@ def run(work: Path) -> dict[str, Any]:
     records = sum(per_day)
     fewest = math.ceil(CUSTOMERS / 100) + sum(math.ceil(n / 100) for n in per_day)
     print(f"[partner] {CUSTOMERS} customers × {DAYS} days, {records:,} records", file=sys.stderr)
-    sc = Scenario(
-        "partner", CUSTOMERS, DAYS, CALLS, ["harvester"], runs=1, sim_extra=["--volumes", "lognormal"]
-    )
+    sc = Scenario("partner", CUSTOMERS, DAYS, CALLS, ["harvester"], runs=1, volumes="lognormal")
     sim = Sim(sc)
     try:
         full = _client("harvester", sim, sc, work / "lake")

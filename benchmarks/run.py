@@ -6,6 +6,7 @@
     python -m benchmarks --scenario workers   # loopback with 0, 1 and 2 decode workers
     python -m benchmarks --scenario loopback --runs 5
     python -m benchmarks --scenario partner   # 2,000 small customers × 30 days (benchmarks.partner)
+    python -m benchmarks --scenario nightly   # their yesterday at 20 requests a second
 
 The simulator runs in its own process (its CPU is measured separately, to show it is not
 the bottleneck). Each client runs as a subprocess so its CPU seconds come from the kernel
@@ -67,12 +68,24 @@ class Scenario:
     rate_limit: float | None = None
     runs: int = 3
     sim_extra: list[str] = field(default_factory=list)
+    volumes: str = "even"  # the simulator's --volumes: even, or lognormal (a partner's long tail)
 
 
 SCENARIOS = {
     "loopback": Scenario("loopback", 20, 7, 950, ["harvester", "naive", "floor"]),
     "latency": Scenario("latency", 5, 7, 950, ["harvester", "naive"], latency_ms=50),
     "limit": Scenario("limit", 4, 15, 1000, ["harvester@20", "harvester@auto"], rate_limit=20, runs=1),
+    # A partner's nightly against a real API's limit: yesterday of 2,000 small customers
+    # (lognormal, 8 calls a day on the median customer's scale) at 20 requests a second.
+    "nightly": Scenario(
+        "nightly",
+        2000,
+        1,
+        8,
+        ["harvester@20", "harvester@auto"],
+        rate_limit=20,
+        volumes="lognormal",
+    ),
     "memory": Scenario(
         "memory",
         40,
@@ -232,6 +245,8 @@ class Sim:
             END.isoformat(),
             "--latency-ms",
             str(sc.latency_ms),
+            "--volumes",
+            sc.volumes,
             *sc.sim_extra,
         ]
         if sc.rate_limit:
@@ -473,7 +488,13 @@ def _check(out: Path, expected: set[str], s3: S3 | None = None) -> None:
 def _expected_uuids(sc: Scenario) -> set[str]:
     """The simulator's uuids, generated shard by shard (the records themselves are not kept)."""
     data = Dataset(
-        seed=7, customers=sc.customers, days=sc.days, calls_per_day=sc.calls, end_date=END, cache_records=0
+        seed=7,
+        customers=sc.customers,
+        days=sc.days,
+        calls_per_day=sc.calls,
+        end_date=END,
+        cache_records=0,
+        volumes=sc.volumes,
     )
     return {
         r["uuid"] for c in data.customer_list for day in data.day_list for r in data.shard(c.auth_id, day)
