@@ -232,10 +232,11 @@ def parse_partition(value: str | None, partitions: int | None, index: str | None
     return part
 
 
-# Decode workers cost a start (about a second of CPU) and memory (about 110 MB for two); they
-# pay only when pages come fast. Below this many requests a second (a real API's limit is
-# usually far below it), the event loop decodes every page itself in a few percent of a core:
-# a page of 100 records takes about 0.6 ms.
+# Decode workers cost a start and memory (a fork server, a resource tracker and two workers
+# hold about 120 MB before they decode a page); they pay only when pages come fast. Below
+# this many requests a second (a real API's limit is usually far below it), the event loop
+# decodes every page itself in a few percent of a core: a page of 100 records takes about
+# 0.6 ms.
 WORKERS_FROM_RATE = 100.0
 
 

@@ -47,8 +47,9 @@ Report = dict[str, Any]
 
 def run_harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | None = None) -> Report:
     """Run one harvest from synchronous code (a script, a notebook, an Airflow task): the
-    decode workers start first, then the event loop runs the harvest. Returns the report;
-    its ``exit_code`` is what the command line exits with."""
+    decode workers start first where the rate calls for them from the start, then the event
+    loop runs the harvest. Returns the report; its ``exit_code`` is what the command line
+    exits with."""
     workers = cfg.workers_at(starting_rate(cfg))
     pool = DecodePool(workers) if workers else None
     try:
