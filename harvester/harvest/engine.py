@@ -54,7 +54,7 @@ class Harvester:
         # cores of a local disk busy; an object store's uploads wait on the network.
         self._io = ThreadPoolExecutor(2 if lake.store.local else 6, thread_name_prefix="shard-io")
         self.fetcher = Fetcher(cfg, client, lake, pool, self._io)
-        self._may_start_workers = pool is None and cfg.workers > 0  # see workers_if_busy
+        self._may_start_workers = pool is None and cfg.workers > 0  # see _workers_if_busy
         self._own_pool: DecodePool | None = None
 
     async def accounts(self) -> list[str | None]:
@@ -157,7 +157,7 @@ class Harvester:
         """The decode processes this run has used (0: every page was decoded on the loop)."""
         return self.fetcher.pool.workers if self.fetcher.pool is not None else 0
 
-    async def workers_if_busy(self) -> None:
+    async def _workers_if_busy(self) -> None:
         """Start the decode workers once requests come fast enough for them to pay
         (:meth:`HarvestConfig.workers_at`): a run with ``--decode-workers auto`` whose rate
         starts low (``--rate auto``) and climbs. Once a run; they stop when it ends."""
@@ -174,7 +174,7 @@ class Harvester:
         self.fetcher.use(self._own_pool)
 
     async def _guarded(self, p: Planned) -> None:
-        await self.workers_if_busy()
+        await self._workers_if_busy()
         try:
             result = await self.do_shard(p.shard, p.mode)
         except ShardError as e:

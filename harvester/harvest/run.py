@@ -67,7 +67,7 @@ async def harvest_async(
     """Run one harvest inside a running event loop. Without ``pool``, one is started here
     (from a thread, so the loop keeps running) when ``cfg`` asks for decode workers from the
     start, and stopped when the harvest ends; a run that starts slow (``--rate auto``) starts
-    them once its requests come fast enough (see :meth:`Harvester.workers_if_busy`)."""
+    them once its requests come fast enough (see :meth:`Harvester._workers_if_busy`)."""
     workers = cfg.workers_at(starting_rate(cfg)) if pool is None else 0
     own_pool = workers > 0
     if own_pool:
