@@ -6,7 +6,7 @@ import datetime as dt
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
@@ -178,6 +178,8 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
     check_range("--concurrency", cfg.concurrency, 1, 256, "use 1 to 256")
     parse_workers(cfg.decode_workers)
     check_range("--stream-rows", cfg.stream_rows, 100, 10**9, "use 100 or more records")
+    if cfg.rate is not None and not isinstance(cfg.rate, float):  # "auto", "unlimited", or a number as text
+        cfg = replace(cfg, rate=parse_rate(str(cfg.rate)))
     if isinstance(cfg.rate, float):
         check_range("--rate", cfg.rate, 0.01, 10_000, "use 0.01 to 10000, 'auto' or 'unlimited'")
     check_range("--lookback", cfg.lookback, 0, 3650, "use 0 to 3650 days")

@@ -226,7 +226,7 @@ async def test_every_file_and_record_is_durable_when_written(
 ) -> None:
     """Every data file and every manifest record is fsynced before its rename, and its
     directory after: a record is durable the moment it commits its shard."""
-    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=150, end_date=PAST)))
+    sim = await start_sim(SimConfig(dataset=dataset(customers=2, days=2, calls_per_day=150)))
     out = tmp_path / "lake"
     synced = _fsyncs(monkeypatch)
     rep = await run_harvest(sim, out, decode_workers=0)

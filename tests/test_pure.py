@@ -18,11 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from harvester.api.pacing import AutoRate, FixedRate, Pacer, make_pacer
-from harvester.config import HarvestConfig, auto_workers, quota_cores
+from harvester.config import HarvestConfig, auto_workers, quota_cores, validate
+from harvester.errors import UsageError
 from harvester.harvest import window
 from harvester.harvest.fetch import Fetcher
 from harvester.harvest.plan import HARVEST, RECHECK, SKIP, manifest_days, plan
-from harvester.harvest.run import starting_rate
+from harvester.harvest.run import harvest_async, starting_rate
 from harvester.lake.lake import Lake
 from harvester.records.assemble import dedupe, order
 from harvester.records.decode import _LOST, _to_float, _to_int, _to_str, _to_ts
@@ -426,3 +427,23 @@ def test_decode_workers_run_only_while_requests_come_fast(asked: Any, rate: Any,
 @pytest.mark.parametrize(("rate", "want"), [(None, None), ("unlimited", None), ("auto", 0.0), (20.0, 20.0)])
 def test_the_rate_a_run_starts_at(rate: Any, want: Any) -> None:
     assert starting_rate(_cfg(rate=rate)) == want
+
+
+@pytest.mark.parametrize(("rate", "want"), [("AUTO", "auto"), ("unlimited", None), ("20", 20.0), (20, 20.0)])
+def test_validate_reads_a_rate_given_as_text_or_a_number(rate: Any, want: Any) -> None:
+    assert validate(_cfg(rate=rate)).rate == want
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"rate": "fast"}, "--rate"),
+        ({"concurrency": 10_000}, "--concurrency"),
+        ({"per_page": 500}, "--per-page"),
+    ],
+)
+async def test_the_library_checks_settings_as_the_command_line_does(change: Any, named: str) -> None:
+    """``harvest_async`` (and ``harvest``) refuse what the command line refuses, with the
+    same one line, before any request (the base URL here answers nothing)."""
+    with pytest.raises(UsageError, match=named):
+        await harvest_async(_cfg(**change))

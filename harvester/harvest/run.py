@@ -13,7 +13,7 @@ from typing import Any
 
 from harvester.api.client import Client, RetryPolicy
 from harvester.api.pacing import AutoRate, Pacer, RedisPacer, SharedAutoRate, make_pacer
-from harvester.config import HarvestConfig
+from harvester.config import HarvestConfig, validate
 from harvester.errors import HarvestError
 from harvester.harvest import loop, report
 from harvester.harvest.engine import Harvester
@@ -49,7 +49,8 @@ def run_harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | None 
     """Run one harvest from synchronous code (a script, a notebook, an Airflow task): the
     decode workers start first where the rate calls for them from the start, then the event
     loop runs the harvest. Returns the report; its ``exit_code`` is what the command line
-    exits with."""
+    exits with. Settings the command line would refuse raise :class:`UsageError` first."""
+    cfg = validate(cfg, yes=True)
     workers = cfg.workers_at(starting_rate(cfg))
     pool = DecodePool(workers) if workers else None
     try:
@@ -68,6 +69,7 @@ async def harvest_async(
     (from a thread, so the loop keeps running) when ``cfg`` asks for decode workers from the
     start, and stopped when the harvest ends; a run that starts slow (``--rate auto``) starts
     them once its requests come fast enough (see :meth:`Harvester._workers_if_busy`)."""
+    cfg = validate(cfg, yes=True)  # a caller's settings are checked as the command line's are
     workers = cfg.workers_at(starting_rate(cfg)) if pool is None else 0
     own_pool = workers > 0
     if own_pool:
