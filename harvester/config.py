@@ -55,6 +55,7 @@ class HarvestConfig:
     partition: tuple[int, int] | None = None  # (I, N): run only part I of N of the plan
     rate_store: str | None = None  # redis://HOST:PORT/DB: one --rate (a number or auto) for every worker
     fetch: str = "auto"  # partner scope: auto | per-customer | global (the partner feed, a day at a time)
+    insecure: bool = False  # allow plain http to a remote host (the token then crosses in clear text)
 
     @property
     def workers(self) -> int:
@@ -147,7 +148,9 @@ def check_range(name: str, value: float, low: float, high: float, fix: str) -> N
 
 
 def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
-    """Raise :class:`UsageError` (one line, naming value and fix) for bad settings."""
+    """The settings, checked: :class:`UsageError` (one line, naming value and fix) for a bad
+    one. The base URL and a rate given as text come back in the form the run uses."""
+    cfg = replace(cfg, base_url=check_base_url(cfg.base_url, cfg.insecure))
     if cfg.scope not in SCOPES:
         raise UsageError(f"--scope {cfg.scope!r} is unknown: use one of {', '.join(SCOPES)}")
     if cfg.scope == "global" and cfg.customers:

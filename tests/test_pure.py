@@ -440,6 +440,8 @@ def test_validate_reads_a_rate_given_as_text_or_a_number(rate: Any, want: Any) -
         ({"rate": "fast"}, "--rate"),
         ({"concurrency": 10_000}, "--concurrency"),
         ({"per_page": 500}, "--per-page"),
+        ({"base_url": "http://api.example.com"}, "plain http to a remote host"),  # the token in clear
+        ({"base_url": "https://user:pw@api.example.com"}, "carries a user or password"),
     ],
 )
 async def test_the_library_checks_settings_as_the_command_line_does(change: Any, named: str) -> None:
@@ -447,3 +449,9 @@ async def test_the_library_checks_settings_as_the_command_line_does(change: Any,
     same one line, before any request (the base URL here answers nothing)."""
     with pytest.raises(UsageError, match=named):
         await harvest_async(_cfg(**change))
+
+
+def test_validate_gives_the_base_url_the_run_uses() -> None:
+    assert validate(_cfg(base_url="https://api.vobiz.ai/")).base_url == "https://api.vobiz.ai"
+    insecure = validate(_cfg(base_url="http://api.example.com", insecure=True))
+    assert insecure.base_url == "http://api.example.com"

@@ -19,7 +19,6 @@ from harvester.cli.progress import Progress, choose_mode
 from harvester.config import (
     DEFAULTS,
     HarvestConfig,
-    check_base_url,
     check_range,
     parse_date,
     parse_partition,
@@ -206,7 +205,8 @@ def harvest_config(args: argparse.Namespace, today: dt.date | None = None) -> Ha
     if args.min_duration is not None and args.min_duration < 0:
         raise UsageError(f"--min-duration {args.min_duration} is negative: use 0 or more seconds")
     cfg = HarvestConfig(
-        base_url=check_base_url(args.base_url, args.insecure),
+        base_url=args.base_url,
+        insecure=args.insecure,
         auth_id=args.auth_id,
         auth_token=token(args),
         out=args.out if is_uri(args.out) else Path(args.out),
