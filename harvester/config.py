@@ -198,6 +198,8 @@ def validate(cfg: HarvestConfig, yes: bool = False) -> HarvestConfig:
             )
         if cfg.rate is None or cfg.rate == "unlimited":
             raise UsageError("--rate-store shares a rate between workers: give --rate a number or 'auto'")
+    if cfg.partition is not None:
+        parse_partition("/".join(map(str, cfg.partition)), None, None)
     if cfg.max_runtime is not None:
         check_range("--max-runtime", cfg.max_runtime, 0.1, 30 * 86400, "use seconds, more than 0")
     if cfg.fetch not in FETCH_MODES:

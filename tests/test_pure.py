@@ -442,6 +442,7 @@ def test_validate_reads_a_rate_given_as_text_or_a_number(rate: Any, want: Any) -
         ({"per_page": 500}, "--per-page"),
         ({"base_url": "http://api.example.com"}, "plain http to a remote host"),  # the token in clear
         ({"base_url": "https://user:pw@api.example.com"}, "carries a user or password"),
+        ({"partition": (3, 3)}, "--partition 3/3 is out of range"),
     ],
 )
 async def test_the_library_checks_settings_as_the_command_line_does(change: Any, named: str) -> None:
