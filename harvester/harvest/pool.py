@@ -7,7 +7,9 @@ would not help; a process does. The pool is the standard library's
 imported the decoder, never from the harvester's own process, so no worker inherits a
 running event loop, its threads or its sockets.
 
-A worker answers one of two requests:
+A worker answers one of two requests, each request and answer in a scratch file so that
+the pool's pipes carry only file names (see :func:`_answer`: a worker killed mid-answer must
+not stall the pool):
 
 * ``decode``: one page body → the page's own numbers and its records as an Arrow IPC message;
 * ``encode``: all the page bodies of a closed day → each page's numbers, and the shard
@@ -30,6 +32,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import shutil
 import sys
 import tempfile
@@ -55,6 +58,42 @@ from harvester.records.verify import accounts_in, missing_uuids, table_sums
 
 log = logging.getLogger("harvester.workers")
 _RAW_SCHEMA = pa.schema([pa.field("r", RAW)])
+
+
+def _answer(value: Any, beside: str) -> str:
+    """In a worker: ``value`` pickled into a new file beside ``beside``; its name. Answers and
+    page bodies cross in scratch files so that what the pool's pipes carry is a file's name:
+    a worker killed while it writes (the OOM killer, say) leaves at most a small message,
+    which a pipe takes whole or not at all, never half of one that would stall the pool's
+    reader (a partly written answer would; Python's pool has no timeout on that read)."""
+    fd, path = tempfile.mkstemp(suffix=".answer", dir=os.path.dirname(beside))
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _take(path: str) -> Any:
+    """A worker's answer (:func:`_answer`), its file removed."""
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _decode_file(path: str, asked_page: int, per_page: int) -> str:
+    """In a worker: the page body in file ``path`` (removed once read) decoded; the name of
+    the file holding :func:`_decode`'s answer."""
+    with open(path, "rb") as f:
+        body = f.read()
+    os.unlink(path)
+    return _answer(_decode(body, asked_page, per_page), path)
+
+
+def _encode_file(path: str, *args: Any) -> str:
+    """In a worker: :func:`_encode` of the spill file ``path``; the name of its answer's file."""
+    return _answer(_encode(path, *args), path)
 
 
 def _decode(body: bytes, asked_page: int, per_page: int) -> tuple[dict[str, Any], str, bytes]:
@@ -272,19 +311,37 @@ class DecodePool:
         if self.broken:
             raise DecodeError("decode workers unavailable")
         loop = asyncio.get_running_loop()
+        path = self._scratch_file(body)
         try:
-            numbers, kind, message = await loop.run_in_executor(
-                self._executor, _decode, body, asked_page, per_page
-            )
+            answer = await loop.run_in_executor(self._executor, _decode_file, path, asked_page, per_page)
+            numbers, kind, message = _take(answer)
         except (BrokenProcessPool, RuntimeError) as e:  # a worker died, or the pool is shut down
             self.broken = True
             raise DecodeError(f"decode worker lost ({type(e).__name__})") from None
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:  # the scratch file
+            raise DecodeError(f"decode worker answer unreadable: {e}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # where the worker never read it
         if kind == "error":
             raise DecodeError(str(numbers.get("error")))
         try:
             return _page(numbers, kind, message)
         except (pa.ArrowException, KeyError, TypeError) as e:
             raise DecodeError(f"decode worker answer unreadable: {e}") from None
+
+    def _scratch_file(self, body: bytes) -> str:
+        """A page body in a scratch file of its own, for a worker (:class:`DecodeError` when
+        there is no scratch directory or the write fails: the caller decodes the page)."""
+        if self._scratch is None:
+            raise DecodeError("no scratch directory for page bodies")
+        try:
+            fd, path = tempfile.mkstemp(suffix=".body", dir=self._scratch)
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+        except OSError as e:
+            raise DecodeError(f"cannot keep a page body in {self._scratch} ({e.strerror})") from None
+        return path
 
     def spill(self) -> Spill:
         """A scratch file for a shard's page bodies, to :meth:`encode` (then close it);
@@ -301,12 +358,16 @@ class DecodePool:
         loop = asyncio.get_running_loop()
         spans = spill.spans()
         try:
-            answer = await loop.run_in_executor(
-                self._executor, _encode, spill.path, spans, per_page, by_account, who
+            answer = _take(
+                await loop.run_in_executor(
+                    self._executor, _encode_file, spill.path, spans, per_page, by_account, who
+                )
             )
         except (BrokenProcessPool, RuntimeError) as e:
             self.broken = True
             raise DecodeError(f"decode worker lost ({type(e).__name__})") from None
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+            raise DecodeError(f"decode worker answer unreadable: {e}") from None
         if answer[0] != "ok":
             raise DecodeError(str(answer[1]))
         _, numbers, rows, missing, sums, data, accounts = answer
