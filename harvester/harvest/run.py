@@ -54,7 +54,7 @@ def run_harvest(cfg: HarvestConfig, progress: Callable[[Harvester], Any] | None 
     workers = cfg.workers_at(starting_rate(cfg))
     pool = DecodePool(workers) if workers else None
     try:
-        return loop.run(harvest_async(cfg, progress, pool))
+        return loop.run(_harvest(cfg, progress, pool))
     finally:
         if pool is not None:
             pool.close()
