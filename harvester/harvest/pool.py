@@ -73,10 +73,13 @@ def _answer(value: Any, beside: str) -> str:
 
 
 def _take(path: str) -> Any:
-    """A worker's answer (:func:`_answer`), its file removed."""
+    """A worker's answer (:func:`_answer`), its file removed; :class:`DecodeError` when it
+    cannot be read back."""
     try:
         with open(path, "rb") as f:
             return pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DecodeError(f"decode worker answer unreadable: {e}") from None
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -318,8 +321,6 @@ class DecodePool:
         except (BrokenProcessPool, RuntimeError) as e:  # a worker died, or the pool is shut down
             self.broken = True
             raise DecodeError(f"decode worker lost ({type(e).__name__})") from None
-        except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:  # the scratch file
-            raise DecodeError(f"decode worker answer unreadable: {e}") from None
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)  # where the worker never read it
@@ -366,8 +367,6 @@ class DecodePool:
         except (BrokenProcessPool, RuntimeError) as e:
             self.broken = True
             raise DecodeError(f"decode worker lost ({type(e).__name__})") from None
-        except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise DecodeError(f"decode worker answer unreadable: {e}") from None
         if answer[0] != "ok":
             raise DecodeError(str(answer[1]))
         _, numbers, rows, missing, sums, data, accounts = answer
