@@ -80,7 +80,7 @@ class Fetcher:
     def __init__(
         self, cfg: HarvestConfig, client: Client, lake: Lake, pool: DecodePool | None, io: Executor
     ) -> None:
-        self.cfg, self.lake, self.pool, self.io = cfg, lake, pool, io
+        self.cfg, self.lake, self.io = cfg, lake, io
         self.pages = PageSource(cfg, client, pool)
         self._streams = asyncio.Semaphore(2)  # shards streaming to their files at once
         # Closed-day shards held in memory at once (see _holding): a day of the partner feed
@@ -89,9 +89,14 @@ class Fetcher:
         self._held_shards = 0
         self._room = asyncio.Condition()
 
+    @property
+    def pool(self) -> DecodePool | None:
+        """The decode pool its pages go to (:attr:`PageSource.pool`)."""
+        return self.pages.pool
+
     def use(self, pool: DecodePool) -> None:
         """Decode with ``pool`` from the next page on (a pool started mid-run)."""
-        self.pool = self.pages.pool = pool
+        self.pages.pool = pool
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """Blocking shard work (assembly, files, object stores) on the I/O threads."""
