@@ -143,10 +143,15 @@ SCENARIOS = {
 }
 
 
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name, the state first."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def _proc_cpu(pid: int) -> float:
     """CPU seconds (user+system) a live process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
+    parts = _proc_stat(pid)
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(parts[11]) + int(parts[12])) / ticks
 
@@ -218,8 +223,7 @@ class TreeCpu:
 def _running(pid: int) -> bool:
     """The process exists and has not exited (a zombie has)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        return _proc_stat(pid)[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
 
